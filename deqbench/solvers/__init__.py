@@ -1,0 +1,27 @@
+"""Batched fixed-point solvers: forward iteration, Anderson (Type-I/II), limited-memory Broyden."""
+
+from deqbench.solvers.base import (
+    SOLVERS,
+    FixedPointSolver,
+    ResidualTracker,
+    SolverResult,
+    make_solver,
+    register_solver,
+    solve,
+)
+from deqbench.solvers.forward import ForwardIteration
+from deqbench.solvers.anderson import Anderson
+from deqbench.solvers.broyden import Broyden
+
+__all__ = [
+    "SOLVERS",
+    "Anderson",
+    "Broyden",
+    "FixedPointSolver",
+    "ForwardIteration",
+    "ResidualTracker",
+    "SolverResult",
+    "make_solver",
+    "register_solver",
+    "solve",
+]

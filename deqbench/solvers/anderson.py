@@ -1,0 +1,121 @@
+"""Anderson acceleration, Type-I and Type-II, with incrementally updated Gram matrices.
+
+Both variants pick mixing weights ``alpha`` (summing to one) over the last
+``m`` iterates X_i with images F_i and residuals G_i = F_i - X_i, from the
+bordered system
+
+    [[0, 1^T], [1, H + lam*s*I]] [nu, alpha] = [1, 0],
+
+and move to ``x+ = sum_i alpha_i (X_i + beta G_i)``.
+
+* Type-II (least squares, the usual DEQ choice): H_ij = G_i . G_j.
+* Type-I (Petrov-Galerkin, the JIIO paper's choice, appendix A.2):
+  H_ij = X_i . G_j, i.e. the combined residual is orthogonal to the
+  differences of the iterates.
+
+``s`` is the mean of |G_i|^2 over the memory, so ``lam`` is scale free.  The small
+system is always solved in at least float32 with ``solve_ex`` (no error
+check, so no host sync); a sample whose system is singular falls back to a
+plain damped step for that iteration.  The history holds F and G (X = F - G),
+so Type-II reads the history twice per step and Type-I three times.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor
+
+from deqbench.solvers.base import FixedPointSolver, check_positive_int, check_range, register_solver
+
+
+@dataclass
+class AndersonState:
+    F: Tensor  # (B, m, D) images, in the compute dtype
+    G: Tensor  # (B, m, D) residuals
+    H: Tensor  # (B, m, m) Gram matrix (float32 or float64)
+    gg: Tensor  # (B, m) squared residual norms |G_i|^2, the scale of the Tikhonov term
+    valid: Tensor  # (m,) which slots are filled
+    bordered: Tensor  # (B, m+1, m+1) workspace
+    rhs: Tensor  # (B, m+1, 1)
+
+
+@register_solver
+@dataclass
+class Anderson(FixedPointSolver):
+    """Anderson acceleration with memory ``m``, mixing ``beta`` and Tikhonov ``lam``."""
+
+    name: ClassVar[str] = "anderson"
+    m: int = 5
+    beta: float = 1.0
+    lam: float = 1e-4
+    kind: Literal["I", "II"] = "II"
+
+    def __post_init__(self) -> None:
+        check_positive_int("m", self.m)
+        check_range("beta", self.beta, 0.0, 1.0, low_open=True)
+        check_range("lam", self.lam, 0.0, 1.0)
+        if self.kind not in ("I", "II"):
+            raise ValueError(f"kind must be 'I' or 'II', got {self.kind!r}")
+
+    def init(self, x0: Tensor) -> AndersonState:
+        batch, dim = x0.shape
+        compute = torch.promote_types(x0.dtype, torch.float32)
+        m = self.m
+        opts = dict(dtype=compute, device=x0.device)
+        rhs = torch.zeros(batch, m + 1, 1, **opts)
+        rhs[:, 0] = 1.0
+        return AndersonState(
+            F=torch.zeros(batch, m, dim, **opts),
+            G=torch.zeros(batch, m, dim, **opts),
+            H=torch.zeros(batch, m, m, **opts),
+            gg=torch.zeros(batch, m, **opts),
+            valid=torch.zeros(m, dtype=torch.bool, device=x0.device),
+            bordered=torch.zeros(batch, m + 1, m + 1, **opts),
+            rhs=rhs,
+        )
+
+    def step(self, state: AndersonState, x: Tensor, fx: Tensor, g: Tensor, k: int) -> Tensor:
+        m = self.m
+        slot = k % m
+        compute = state.F.dtype
+        xc, fc, gc = x.to(compute), fx.to(compute), g.to(compute)
+        state.F[:, slot] = fc
+        state.G[:, slot] = gc
+        if k < m:
+            state.valid[slot] = True
+        if self.kind == "II":
+            col = torch.bmm(state.G, gc.unsqueeze(2)).squeeze(2)  # G_i . g
+            state.H[:, slot, :] = col
+            state.H[:, :, slot] = col
+            state.gg[:, slot] = col[:, slot]
+        else:
+            # H_ij = X_i . G_j with X_i = F_i - G_i.
+            g_dots = torch.bmm(state.G, torch.stack((xc, gc), dim=2))  # (B, m, 2): G_i.x, G_i.g
+            f_dot_g = torch.bmm(state.F, gc.unsqueeze(2)).squeeze(2)  # F_i . g
+            state.H[:, slot, :] = g_dots[..., 0]  # row: x . G_j
+            state.H[:, :, slot] = f_dot_g - g_dots[..., 1]  # column: X_i . g
+            state.gg[:, slot] = g_dots[:, slot, 1]
+        alpha = self._weights(state, slot)
+        mixed = torch.bmm(alpha.unsqueeze(1), state.F).squeeze(1)
+        if self.beta != 1.0:
+            mixed = mixed - (1.0 - self.beta) * torch.bmm(alpha.unsqueeze(1), state.G).squeeze(1)
+        return mixed.to(x.dtype)
+
+    def _weights(self, state: AndersonState, slot: int) -> Tensor:
+        valid = state.valid.to(state.H.dtype)
+        pair = valid.unsqueeze(0) * valid.unsqueeze(1)
+        eye = torch.eye(self.m, dtype=state.H.dtype, device=state.H.device)
+        scale = (state.gg * valid).sum(1) / valid.sum() + torch.finfo(state.H.dtype).tiny
+        A = state.bordered
+        A[:, 1:, 1:] = state.H * pair + eye * (1.0 - valid) + eye * valid * (self.lam * scale).view(-1, 1, 1)
+        A[:, 0, 1:] = valid
+        A[:, 1:, 0] = valid
+        solution, _ = torch.linalg.solve_ex(A, state.rhs)
+        alpha = solution[:, 1:, 0]
+        fallback = torch.zeros_like(alpha)
+        fallback[:, slot] = 1.0
+        ok = torch.isfinite(alpha).all(dim=1, keepdim=True)
+        return torch.where(ok, alpha, fallback)

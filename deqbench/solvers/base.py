@@ -1,0 +1,180 @@
+"""Solver protocol, result type, registry and the device-side solve loop."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, ClassVar, Literal
+
+import torch
+from torch import Tensor
+
+from deqbench.state import State, flat_map, spec_of
+
+StopMode = Literal["rel", "abs"]
+RESIDUAL_EPS = 1e-9
+
+
+@dataclass
+class SolverResult:
+    """Outcome of a fixed-point solve; every tensor field is per sample.
+
+    ``z`` is the lowest-residual iterate of each sample (the point whose
+    residual was measured, not its image), with the structure of ``z0``.
+    """
+
+    z: State
+    residual: Tensor  # (B,) lowest residual reached, in ``stop_mode`` units
+    converged: Tensor  # (B,) bool: residual <= tol
+    nfe: int  # number of f evaluations
+    trace: Tensor  # (B, max_iter) residual at every iteration; NaN where not run
+    best_iteration: Tensor  # (B,) iteration index of the returned iterate
+    method: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class FixedPointSolver:
+    """A solver is a small config object: ``init`` makes its state, ``step`` proposes the next iterate.
+
+    ``step(state, x, fx, g, k)`` receives the current iterate ``x`` (B, D), its
+    image ``fx = f(x)`` and residual ``g = fx - x``; it returns the next iterate.
+    It must not synchronise with the host.
+    """
+
+    name: ClassVar[str] = "base"
+
+    def init(self, x0: Tensor) -> Any:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def step(self, state: Any, x: Tensor, fx: Tensor, g: Tensor, k: int) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+SOLVERS: dict[str, type[FixedPointSolver]] = {}
+
+
+def register_solver(cls: type[FixedPointSolver]) -> type[FixedPointSolver]:
+    """Class decorator: make ``cls`` available to :func:`solve` under ``cls.name``."""
+    SOLVERS[cls.name] = cls
+    return cls
+
+
+def make_solver(method: str | FixedPointSolver, **options: Any) -> FixedPointSolver:
+    """Build a solver from its registry name and options, rejecting unknown keys by name."""
+    if isinstance(method, FixedPointSolver):
+        if options:
+            raise ValueError(f"options {sorted(options)} given together with a solver instance")
+        return method
+    if method not in SOLVERS:
+        raise ValueError(f"unknown solver method {method!r}; known: {sorted(SOLVERS)}")
+    cls = SOLVERS[method]
+    allowed = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for solver {method!r}; allowed: {sorted(allowed)}")
+    return cls(**options)
+
+
+def check_positive_int(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_range(name: str, value: float, low: float, high: float, low_open: bool = False) -> None:
+    ok = (low < value if low_open else low <= value) and value <= high
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not ok:
+        bracket = "(" if low_open else "["
+        raise ValueError(f"{name} must be in {bracket}{low}, {high}], got {value!r}")
+
+
+class ResidualTracker:
+    """Per-sample residuals, NaN-safe best iterate and a fixed-length trace, all on device."""
+
+    def __init__(self, x0: Tensor, max_iter: int, stop_mode: StopMode, track_best: bool = True):
+        batch = x0.shape[0]
+        self.stop_mode = stop_mode
+        self.track_best = track_best
+        res_dtype = torch.promote_types(x0.dtype, torch.float32)
+        self.best_residual = torch.full((batch,), math.inf, dtype=res_dtype, device=x0.device)
+        self.best_iteration = torch.zeros(batch, dtype=torch.long, device=x0.device)
+        self.best_x = x0.clone()
+        self.trace = torch.full((batch, max_iter), math.nan, dtype=res_dtype, device=x0.device)
+        self.last_x = x0
+
+    def residual(self, fx: Tensor, g: Tensor) -> Tensor:
+        abs_res = torch.linalg.vector_norm(g, dim=1, dtype=self.trace.dtype)
+        if self.stop_mode == "abs":
+            return abs_res
+        return abs_res / (torch.linalg.vector_norm(fx, dim=1, dtype=self.trace.dtype) + RESIDUAL_EPS)
+
+    def record(self, k: int, x: Tensor, fx: Tensor, g: Tensor) -> Tensor:
+        res = self.residual(fx, g)
+        self.trace[:, k] = res
+        self.last_x = x
+        if self.track_best:
+            better = res < self.best_residual  # NaN compares False: a diverged sample keeps its best
+            torch.where(better, res, self.best_residual, out=self.best_residual)
+            torch.where(better, torch.full_like(self.best_iteration, k), self.best_iteration, out=self.best_iteration)
+            torch.where(better.unsqueeze(1), x, self.best_x, out=self.best_x)
+        else:
+            self.best_residual = res
+            self.best_iteration.fill_(k)
+        return res
+
+    def final_x(self) -> Tensor:
+        return self.best_x if self.track_best else self.last_x
+
+
+def solve(
+    f: Callable[[State], State],
+    z0: State,
+    method: str | FixedPointSolver = "anderson",
+    max_iter: int = 50,
+    tol: float = 1e-4,
+    stop_mode: StopMode = "rel",
+    check_every: int = 8,
+    track_best: bool = True,
+    **method_options: Any,
+) -> SolverResult:
+    """Find z with z = f(z), batched, without host synchronisation inside the iteration.
+
+    The loop runs at most ``max_iter`` f evaluations.  Every ``check_every``
+    iterations (and only then) it reads one boolean from the device to stop
+    early when every sample's residual is <= ``tol``; ``tol=0`` never checks
+    and runs exactly ``max_iter`` evaluations.  Gradients are not tracked.
+    """
+    check_positive_int("max_iter", max_iter)
+    check_positive_int("check_every", check_every)
+    if not (isinstance(tol, (int, float)) and tol >= 0):
+        raise ValueError(f"tol must be a number >= 0, got {tol!r}")
+    if stop_mode not in ("rel", "abs"):
+        raise ValueError(f"stop_mode must be 'rel' or 'abs', got {stop_mode!r}")
+    solver = make_solver(method, **method_options)
+    spec = spec_of(z0)
+    fn = flat_map(f, spec)
+    with torch.no_grad():
+        x = spec.flatten(z0).detach()
+        state = solver.init(x)
+        tracker = ResidualTracker(x, max_iter, stop_mode, track_best)
+        nfe = 0
+        for k in range(max_iter):
+            fx = fn(x)
+            nfe += 1
+            g = fx - x
+            tracker.record(k, x, fx, g)
+            if k + 1 == max_iter:
+                break
+            if tol > 0 and (k + 1) % check_every == 0:
+                if bool((tracker.best_residual <= tol).all()):  # the only host sync, every check_every steps
+                    break
+            x = solver.step(state, x, fx, g, k)
+        best = tracker.final_x()
+    return SolverResult(
+        z=spec.unflatten(best),
+        residual=tracker.best_residual,
+        converged=tracker.best_residual <= tol,
+        nfe=nfe,
+        trace=tracker.trace,
+        best_iteration=tracker.best_iteration,
+        method=getattr(solver, "name", str(method)),
+    )
