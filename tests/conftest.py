@@ -1,0 +1,48 @@
+"""Shared fixtures: deterministic seeds and a guard that fails on host synchronisation."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+class HostSyncError(AssertionError):
+    pass
+
+
+@contextlib.contextmanager
+def forbid_host_sync() -> Iterator[None]:
+    """Make every tensor->host read raise, so a test proves a loop never syncs.
+
+    Covers ``.item()``, ``.tolist()``, ``.cpu()``, ``.numpy()`` and Python
+    truth tests (``if tensor:``, ``bool(tensor)``, ``float(tensor)``).
+    """
+    names = ["item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__"]
+    saved = {name: getattr(torch.Tensor, name) for name in names}
+
+    def make(name: str):
+        def blocked(self, *args, **kwargs):
+            raise HostSyncError(f"host sync via Tensor.{name} inside a sync-free region")
+
+        return blocked
+
+    try:
+        for name in names:
+            setattr(torch.Tensor, name, make(name))
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(torch.Tensor, name, fn)
+
+
+@pytest.fixture
+def no_host_sync():
+    return forbid_host_sync
