@@ -33,7 +33,8 @@ from deqbench.deq import BackwardConfig, _ImplicitGradient, attach_gradient
 from deqbench.jacobian import hutchinson_jacobian_loss
 from deqbench.projections import Projection, make_projection
 from deqbench.solvers import make_solver
-from deqbench.solvers.base import RESIDUAL_EPS, check_positive_int, check_range
+from deqbench.graphs import GraphMode, StepRunner, want_graph
+from deqbench.solvers.base import check_positive_int, check_range, relative_residual
 from deqbench.state import State, StateSpec, spec_of
 
 LayerFn = Callable[[State, State], State]
@@ -174,6 +175,7 @@ class JIIOConfig:
     jac_reg_start: int = 15
     backward: Literal["mu", "ift", "none"] = "mu"
     backward_options: dict[str, Any] = field(default_factory=dict)
+    cuda_graph: GraphMode | bool = "auto"
 
     def __post_init__(self) -> None:
         check_positive_int("max_iter", self.max_iter)
@@ -287,11 +289,14 @@ def jiio(
         if proj is not None:
             x_flat = proj(x_flat)
         mu_flat = torch.zeros_like(z_flat) if mu0 is None else zspec.flatten(mu0).detach()
-        v = aug.pack(z_flat, mu_flat, x_flat)
+        v = aug.pack(z_flat, mu_flat, x_flat)  # the current iterate, updated in place
+        fv = torch.empty_like(v)
         batch = v.shape[0]
         stat_dtype = torch.promote_types(v.dtype, torch.float32)
+        cost_now = torch.empty(batch, dtype=stat_dtype, device=v.device)
         selection.reset(batch, v.device, stat_dtype)
         state = solver.init(v)
+        k_dev = torch.zeros((), dtype=torch.long, device=v.device)
         best_v = v.clone()
         best_iter = torch.zeros(batch, dtype=torch.long, device=v.device)
         best_res = torch.full((batch,), math.inf, dtype=stat_dtype, device=v.device)
@@ -301,30 +306,44 @@ def jiio(
         track_jac = cfg.jac_reg == "trajectory" and grad_on
         if track_jac:
             low = cfg.jac_reg_start if cfg.max_iter > cfg.jac_reg_start else 0
-            pick = torch.randint(low, cfg.max_iter, (batch,), device=v.device)
-            jac_point = v[:, : aug.dz].clone(), v[:, 2 * aug.dz :].clone()
-        for k in range(cfg.max_iter):
-            fv, c = aug(v, k)
+            pick = torch.randint(low, cfg.max_iter, (batch, 1), device=v.device)
+            jac_z, jac_x = v[:, : aug.dz].clone(), v[:, 2 * aug.dz :].clone()
+        x_part = slice(2 * aug.dz, None)
+
+        def record() -> Tensor:
             g = fv - v
-            res = torch.linalg.vector_norm(g, dim=1, dtype=stat_dtype) / (
-                torch.linalg.vector_norm(fv, dim=1, dtype=stat_dtype) + RESIDUAL_EPS
-            )
-            c = c.to(stat_dtype)
-            trace_res[:, k] = res
-            trace_cost[:, k] = c
-            accept = selection.accept(k, res, c)
+            res = relative_residual(fv, g, stat_dtype)
+            column = k_dev.view(1)
+            trace_res.index_copy_(1, column, res.unsqueeze(1))
+            trace_cost.index_copy_(1, column, cost_now.unsqueeze(1))
+            accept = selection.accept(k_dev, res, cost_now)
             torch.where(accept.unsqueeze(1), v, best_v, out=best_v)
             torch.where(accept, res, best_res, out=best_res)
-            torch.where(accept, c, best_cost, out=best_cost)
-            torch.where(accept, torch.full_like(best_iter, k), best_iter, out=best_iter)
+            torch.where(accept, cost_now, best_cost, out=best_cost)
+            torch.where(accept, k_dev, best_iter, out=best_iter)
             if track_jac:
-                hit = (pick == k).unsqueeze(1)
-                torch.where(hit, v[:, : aug.dz], jac_point[0], out=jac_point[0])
-                torch.where(hit, v[:, 2 * aug.dz :], jac_point[1], out=jac_point[1])
+                hit = pick == k_dev
+                torch.where(hit, v[:, : aug.dz], jac_z, out=jac_z)
+                torch.where(hit, v[:, x_part], jac_x, out=jac_x)
+            k_dev.add_(1)
+            return g
+
+        def bookkeeping() -> None:
+            g = record()
+            v_next = solver.step(state, v, fv, g)
+            if proj is not None and cfg.method != "none":
+                v_next[:, x_part] = proj(v_next[:, x_part])
+            v.copy_(v_next)
+
+        runner = StepRunner(bookkeeping, want_graph(cfg.cuda_graph, v.device))
+        for k in range(cfg.max_iter):
+            new_v, c = aug(v, k)
+            fv.copy_(new_v)
+            cost_now.copy_(c)
             if k + 1 < cfg.max_iter:
-                v = solver.step(state, v, fv, g, k)
-                if proj is not None and cfg.method != "none":
-                    v[:, 2 * aug.dz :] = proj(v[:, 2 * aug.dz :])
+                runner()
+            else:
+                record()
         z_star, mu_star, x_star = (t.clone() for t in aug.split(best_v))
 
     result = JIIOResult(
@@ -350,7 +369,7 @@ def jiio(
         result.z = zspec.unflatten(_attach(f_z, cost, zspec, z_star, mu_star, cfg))
     if cfg.jac_reg is not None:
         if cfg.jac_reg == "trajectory":
-            jz, jx = jac_point
+            jz, jx = jac_z, jac_x
         else:
             jz, jx = z_star, x_star
         result.jac_loss = hutchinson_jacobian_loss(

@@ -37,7 +37,9 @@ class AndersonState:
     G: Tensor  # (B, m, D) residuals
     H: Tensor  # (B, m, m) Gram matrix (float32 or float64)
     gg: Tensor  # (B, m) squared residual norms |G_i|^2, the scale of the Tikhonov term
-    valid: Tensor  # (m,) which slots are filled
+    valid: Tensor  # (m,) which slots are filled, in the compute dtype
+    count: Tensor  # () long: iterations seen
+    slots: Tensor  # (m,) long: 0..m-1
     bordered: Tensor  # (B, m+1, m+1) workspace
     rhs: Tensor  # (B, m+1, 1)
 
@@ -72,50 +74,49 @@ class Anderson(FixedPointSolver):
             G=torch.zeros(batch, m, dim, **opts),
             H=torch.zeros(batch, m, m, **opts),
             gg=torch.zeros(batch, m, **opts),
-            valid=torch.zeros(m, dtype=torch.bool, device=x0.device),
+            valid=torch.zeros(m, **opts),
+            count=torch.zeros((), dtype=torch.long, device=x0.device),
+            slots=torch.arange(m, device=x0.device),
             bordered=torch.zeros(batch, m + 1, m + 1, **opts),
             rhs=rhs,
         )
 
-    def step(self, state: AndersonState, x: Tensor, fx: Tensor, g: Tensor, k: int) -> Tensor:
-        m = self.m
-        slot = k % m
+    def step(self, state: AndersonState, x: Tensor, fx: Tensor, g: Tensor) -> Tensor:
         compute = state.F.dtype
         xc, fc, gc = x.to(compute), fx.to(compute), g.to(compute)
-        state.F[:, slot] = fc
-        state.G[:, slot] = gc
-        if k < m:
-            state.valid[slot] = True
+        slot = state.count.remainder(self.m).view(1)
+        state.F.index_copy_(1, slot, fc.unsqueeze(1))
+        state.G.index_copy_(1, slot, gc.unsqueeze(1))
+        state.valid.index_fill_(0, slot, 1.0)
         if self.kind == "II":
-            col = torch.bmm(state.G, gc.unsqueeze(2)).squeeze(2)  # G_i . g
-            state.H[:, slot, :] = col
-            state.H[:, :, slot] = col
-            state.gg[:, slot] = col[:, slot]
+            col = torch.bmm(state.G, gc.unsqueeze(2))  # (B, m, 1): G_i . g
+            state.H.index_copy_(1, slot, col.transpose(1, 2))
+            state.H.index_copy_(2, slot, col)
+            state.gg.index_copy_(1, slot, col.index_select(1, slot).squeeze(2))
         else:
             # H_ij = X_i . G_j with X_i = F_i - G_i.
             g_dots = torch.bmm(state.G, torch.stack((xc, gc), dim=2))  # (B, m, 2): G_i.x, G_i.g
-            f_dot_g = torch.bmm(state.F, gc.unsqueeze(2)).squeeze(2)  # F_i . g
-            state.H[:, slot, :] = g_dots[..., 0]  # row: x . G_j
-            state.H[:, :, slot] = f_dot_g - g_dots[..., 1]  # column: X_i . g
-            state.gg[:, slot] = g_dots[:, slot, 1]
+            f_dot_g = torch.bmm(state.F, gc.unsqueeze(2))  # (B, m, 1): F_i . g
+            state.H.index_copy_(1, slot, g_dots[..., 0].unsqueeze(1))  # row: x . G_j
+            state.H.index_copy_(2, slot, f_dot_g - g_dots[..., 1:])  # column: X_i . g
+            state.gg.index_copy_(1, slot, g_dots[..., 1].index_select(1, slot))
         alpha = self._weights(state, slot)
+        state.count.add_(1)
         mixed = torch.bmm(alpha.unsqueeze(1), state.F).squeeze(1)
         if self.beta != 1.0:
             mixed = mixed - (1.0 - self.beta) * torch.bmm(alpha.unsqueeze(1), state.G).squeeze(1)
         return mixed.to(x.dtype)
 
-    def _weights(self, state: AndersonState, slot: int) -> Tensor:
-        valid = state.valid.to(state.H.dtype)
-        pair = valid.unsqueeze(0) * valid.unsqueeze(1)
-        eye = torch.eye(self.m, dtype=state.H.dtype, device=state.H.device)
-        scale = (state.gg * valid).sum(1) / valid.sum() + torch.finfo(state.H.dtype).tiny
+    def _weights(self, state: AndersonState, slot: Tensor) -> Tensor:
+        valid = state.valid
+        scale = (state.gg * valid).sum(1, keepdim=True) / valid.sum() + torch.finfo(state.H.dtype).tiny
+        ridge = (1.0 - valid) + valid * (self.lam * scale)  # (B, m): unit diagonal on empty slots
         A = state.bordered
-        A[:, 1:, 1:] = state.H * pair + eye * (1.0 - valid) + eye * valid * (self.lam * scale).view(-1, 1, 1)
+        A[:, 1:, 1:] = state.H * (valid.unsqueeze(0) * valid.unsqueeze(1)) + torch.diag_embed(ridge)
         A[:, 0, 1:] = valid
         A[:, 1:, 0] = valid
         solution, _ = torch.linalg.solve_ex(A, state.rhs)
         alpha = solution[:, 1:, 0]
-        fallback = torch.zeros_like(alpha)
-        fallback[:, slot] = 1.0
+        newest = (state.slots == slot).to(alpha.dtype)  # fallback: a plain damped step
         ok = torch.isfinite(alpha).all(dim=1, keepdim=True)
-        return torch.where(ok, alpha, fallback)
+        return torch.where(ok, alpha, newest)

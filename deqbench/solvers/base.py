@@ -9,6 +9,7 @@ from typing import Any, Callable, ClassVar, Literal
 import torch
 from torch import Tensor
 
+from deqbench.graphs import GraphMode, StepRunner, want_graph
 from deqbench.state import State, flat_map, spec_of
 
 StopMode = Literal["rel", "abs"]
@@ -36,9 +37,11 @@ class SolverResult:
 class FixedPointSolver:
     """A solver is a small config object: ``init`` makes its state, ``step`` proposes the next iterate.
 
-    ``step(state, x, fx, g, k)`` receives the current iterate ``x`` (B, D), its
-    image ``fx = f(x)`` and residual ``g = fx - x``; it returns the next iterate.
-    It must not synchronise with the host.
+    ``step(state, x, fx, g)`` receives the current iterate ``x`` (B, D), its
+    image ``fx = f(x)`` and residual ``g = fx - x`` and returns the next
+    iterate.  It must not synchronise with the host, must keep its iteration
+    count on the device and must update its state in place, so that the same
+    kernels are valid at every iteration (see :mod:`deqbench.graphs`).
     """
 
     name: ClassVar[str] = "base"
@@ -46,7 +49,7 @@ class FixedPointSolver:
     def init(self, x0: Tensor) -> Any:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def step(self, state: Any, x: Tensor, fx: Tensor, g: Tensor, k: int) -> Tensor:  # pragma: no cover
+    def step(self, state: Any, x: Tensor, fx: Tensor, g: Tensor) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 
 
@@ -87,42 +90,36 @@ def check_range(name: str, value: float, low: float, high: float, low_open: bool
         raise ValueError(f"{name} must be in {bracket}{low}, {high}], got {value!r}")
 
 
-class ResidualTracker:
-    """Per-sample residuals, NaN-safe best iterate and a fixed-length trace, all on device."""
+def relative_residual(fx: Tensor, g: Tensor, out_dtype: torch.dtype, stop_mode: StopMode = "rel") -> Tensor:
+    """Per-sample ||g|| (abs) or ||g|| / (||f(x)|| + eps) (rel)."""
+    abs_res = torch.linalg.vector_norm(g, dim=1, dtype=out_dtype)
+    if stop_mode == "abs":
+        return abs_res
+    return abs_res / (torch.linalg.vector_norm(fx, dim=1, dtype=out_dtype) + RESIDUAL_EPS)
 
-    def __init__(self, x0: Tensor, max_iter: int, stop_mode: StopMode, track_best: bool = True):
+
+class ResidualTracker:
+    """Per-sample residual trace, NaN-safe best iterate and an on-device iteration counter."""
+
+    def __init__(self, x0: Tensor, max_iter: int, stop_mode: StopMode):
         batch = x0.shape[0]
         self.stop_mode = stop_mode
-        self.track_best = track_best
         res_dtype = torch.promote_types(x0.dtype, torch.float32)
+        self.k = torch.zeros((), dtype=torch.long, device=x0.device)
         self.best_residual = torch.full((batch,), math.inf, dtype=res_dtype, device=x0.device)
         self.best_iteration = torch.zeros(batch, dtype=torch.long, device=x0.device)
         self.best_x = x0.clone()
         self.trace = torch.full((batch, max_iter), math.nan, dtype=res_dtype, device=x0.device)
-        self.last_x = x0
 
-    def residual(self, fx: Tensor, g: Tensor) -> Tensor:
-        abs_res = torch.linalg.vector_norm(g, dim=1, dtype=self.trace.dtype)
-        if self.stop_mode == "abs":
-            return abs_res
-        return abs_res / (torch.linalg.vector_norm(fx, dim=1, dtype=self.trace.dtype) + RESIDUAL_EPS)
-
-    def record(self, k: int, x: Tensor, fx: Tensor, g: Tensor) -> Tensor:
-        res = self.residual(fx, g)
-        self.trace[:, k] = res
-        self.last_x = x
-        if self.track_best:
-            better = res < self.best_residual  # NaN compares False: a diverged sample keeps its best
-            torch.where(better, res, self.best_residual, out=self.best_residual)
-            torch.where(better, torch.full_like(self.best_iteration, k), self.best_iteration, out=self.best_iteration)
-            torch.where(better.unsqueeze(1), x, self.best_x, out=self.best_x)
-        else:
-            self.best_residual = res
-            self.best_iteration.fill_(k)
-        return res
-
-    def final_x(self) -> Tensor:
-        return self.best_x if self.track_best else self.last_x
+    def record(self, x: Tensor, res: Tensor) -> Tensor:
+        """Store residual ``res`` of iterate ``x``; returns the (B,) mask of improved samples."""
+        self.trace.index_copy_(1, self.k.view(1), res.unsqueeze(1))
+        better = res < self.best_residual  # NaN compares False: a diverged sample keeps its best
+        torch.where(better, res, self.best_residual, out=self.best_residual)
+        torch.where(better, self.k, self.best_iteration, out=self.best_iteration)
+        torch.where(better.unsqueeze(1), x, self.best_x, out=self.best_x)
+        self.k.add_(1)
+        return better
 
 
 def solve(
@@ -133,7 +130,7 @@ def solve(
     tol: float = 1e-4,
     stop_mode: StopMode = "rel",
     check_every: int = 8,
-    track_best: bool = True,
+    cuda_graph: GraphMode | bool = "auto",
     **method_options: Any,
 ) -> SolverResult:
     """Find z with z = f(z), batched, without host synchronisation inside the iteration.
@@ -141,7 +138,9 @@ def solve(
     The loop runs at most ``max_iter`` f evaluations.  Every ``check_every``
     iterations (and only then) it reads one boolean from the device to stop
     early when every sample's residual is <= ``tol``; ``tol=0`` never checks
-    and runs exactly ``max_iter`` evaluations.  Gradients are not tracked.
+    and runs exactly ``max_iter`` evaluations.  On CUDA the per-iteration
+    bookkeeping is replayed as a CUDA graph (``cuda_graph="auto"``); f itself
+    always runs eagerly.  Gradients are not tracked.
     """
     check_positive_int("max_iter", max_iter)
     check_positive_int("check_every", check_every)
@@ -153,24 +152,30 @@ def solve(
     spec = spec_of(z0)
     fn = flat_map(f, spec)
     with torch.no_grad():
-        x = spec.flatten(z0).detach()
+        x = spec.flatten(z0).detach().clone()  # the current iterate, updated in place
+        fx = torch.empty_like(x)
         state = solver.init(x)
-        tracker = ResidualTracker(x, max_iter, stop_mode, track_best)
+        tracker = ResidualTracker(x, max_iter, stop_mode)
+
+        def bookkeeping() -> None:
+            g = fx - x
+            tracker.record(x, relative_residual(fx, g, tracker.trace.dtype, stop_mode))
+            x.copy_(solver.step(state, x, fx, g))
+
+        runner = StepRunner(bookkeeping, want_graph(cuda_graph, x.device))
         nfe = 0
         for k in range(max_iter):
-            fx = fn(x)
+            fx.copy_(fn(x))
             nfe += 1
-            g = fx - x
-            tracker.record(k, x, fx, g)
             if k + 1 == max_iter:
+                tracker.record(x, relative_residual(fx, fx - x, tracker.trace.dtype, stop_mode))
                 break
+            runner()
             if tol > 0 and (k + 1) % check_every == 0:
                 if bool((tracker.best_residual <= tol).all()):  # the only host sync, every check_every steps
                     break
-            x = solver.step(state, x, fx, g, k)
-        best = tracker.final_x()
     return SolverResult(
-        z=spec.unflatten(best),
+        z=spec.unflatten(tracker.best_x),
         residual=tracker.best_residual,
         converged=tracker.best_residual <= tol,
         nfe=nfe,

@@ -24,6 +24,8 @@ class BroydenState:
     V: Tensor  # (B, L, D)
     prev_x: Tensor
     prev_g: Tensor
+    count: Tensor  # () long: steps taken; slot count % L receives the next pair
+    slots: Tensor  # (L,) long
 
 
 @register_solver
@@ -44,34 +46,45 @@ class Broyden(FixedPointSolver):
         batch, dim = x0.shape
         compute = torch.promote_types(x0.dtype, torch.float32)
         zeros = torch.zeros(batch, self.memory, dim, dtype=compute, device=x0.device)
-        return BroydenState(U=zeros, V=zeros.clone(), prev_x=x0.to(compute), prev_g=torch.zeros_like(x0, dtype=compute))
+        return BroydenState(
+            U=zeros,
+            V=zeros.clone(),
+            prev_x=x0.to(compute).clone(),
+            prev_g=torch.zeros_like(x0, dtype=compute),
+            count=torch.zeros((), dtype=torch.long, device=x0.device),
+            slots=torch.arange(self.memory, device=x0.device),
+        )
 
-    def step(self, state: BroydenState, x: Tensor, fx: Tensor, g: Tensor, k: int) -> Tensor:
+    def step(self, state: BroydenState, x: Tensor, fx: Tensor, g: Tensor) -> Tensor:
         compute = state.U.dtype
         xc, gc = x.to(compute), g.to(compute)
-        if k == 0:
-            state.prev_x, state.prev_g = xc, gc
-            return fx  # Hinv = -I: plain forward step
-        if self.when_full == "restart" and k > 1 and (k - 1) % self.memory == 0:
-            state.U.zero_()
-            state.V.zero_()
+        slot = state.count.remainder(self.memory)
+        # Pairs in use for this step: the current cycle before ``slot`` (restart) or
+        # every filled slot but ``slot`` (overwrite).  At count 0, dx = 0 and the
+        # pair written is zero, so the first step is a forward iteration.
+        if self.when_full == "restart":
+            active = state.slots < slot
+        else:
+            active = (state.slots != slot) & (state.slots < state.count)
+        active = active.view(1, -1, 1)
         dx = xc - state.prev_x
         dg = gc - state.prev_g
         # One pass over V for both products, one over U to combine them.
-        v_dots = torch.bmm(state.V, torch.stack((dg, gc), dim=2))  # (B, L, 2)
+        v_dots = torch.where(active, torch.bmm(state.V, torch.stack((dg, gc), dim=2)), 0.0)  # (B, L, 2)
         u_comb = torch.bmm(v_dots.transpose(1, 2), state.U)  # (B, 2, D)
-        hinv_dg = -dg + u_comb[:, 0]
-        hinv_g = -gc + u_comb[:, 1]
-        u_dx = torch.bmm(state.U, dx.unsqueeze(2))  # (B, L, 1)
-        v_new = -dx + torch.bmm(u_dx.transpose(1, 2), state.V).squeeze(1)  # dx^T Hinv
+        hinv_dg = u_comb[:, 0] - dg
+        hinv_g = u_comb[:, 1] - gc
+        u_dx = torch.where(active, torch.bmm(state.U, dx.unsqueeze(2)), 0.0)  # (B, L, 1)
+        v_new = torch.bmm(u_dx.transpose(1, 2), state.V).squeeze(1) - dx  # dx^T Hinv
         denom = (v_new * dg).sum(1, keepdim=True)
-        scale = (dx * dx).sum(1, keepdim=True)
-        usable = denom.abs() > 1e-10 * scale + torch.finfo(compute).tiny
-        u_new = torch.where(usable, (dx - hinv_dg) / torch.where(usable, denom, torch.ones_like(denom)), 0.0)
+        usable = denom.abs() > 1e-10 * (dx * dx).sum(1, keepdim=True) + torch.finfo(compute).tiny
+        u_new = torch.where(usable, (dx - hinv_dg) / torch.where(usable, denom, 1.0), 0.0)
         v_new = torch.where(usable, v_new, 0.0)
-        slot = (k - 1) % self.memory
-        state.U[:, slot] = u_new
-        state.V[:, slot] = v_new
+        index = slot.view(1)
+        state.U.index_copy_(1, index, u_new.unsqueeze(1))
+        state.V.index_copy_(1, index, v_new.unsqueeze(1))
         hinv_g = hinv_g + u_new * (v_new * gc).sum(1, keepdim=True)
-        state.prev_x, state.prev_g = xc, gc
+        state.prev_x.copy_(xc)
+        state.prev_g.copy_(gc)
+        state.count.add_(1)
         return (xc - hinv_g).to(x.dtype)

@@ -24,7 +24,7 @@ class ForwardIteration(FixedPointSolver):
     def init(self, x0: Tensor) -> None:
         return None
 
-    def step(self, state: None, x: Tensor, fx: Tensor, g: Tensor, k: int) -> Tensor:
+    def step(self, state: None, x: Tensor, fx: Tensor, g: Tensor) -> Tensor:
         if self.tau == 1.0:
             return fx
         return x.add(g, alpha=self.tau)
