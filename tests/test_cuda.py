@@ -19,7 +19,10 @@ def _conv_problem():
     return (lambda z: layer(z, injection)), torch.zeros_like(injection)
 
 
-@pytest.mark.parametrize("method,options", [("forward", {}), ("anderson", {"m": 5}), ("anderson", {"m": 5, "kind": "I"}), ("broyden", {"memory": 8})])
+@pytest.mark.parametrize(
+    "method,options",
+    [("forward", {}), ("anderson", {"m": 5}), ("anderson", {"m": 20, "kind": "I"}), ("anderson", {"m": 40, "kind": "II"}), ("broyden", {"memory": 8})],
+)
 def test_graph_replay_matches_eager(method, options):
     torch.backends.cudnn.deterministic = True
     f, z0 = _conv_problem()

@@ -115,8 +115,25 @@ class Anderson(FixedPointSolver):
         A[:, 1:, 1:] = state.H * (valid.unsqueeze(0) * valid.unsqueeze(1)) + torch.diag_embed(ridge)
         A[:, 0, 1:] = valid
         A[:, 1:, 0] = valid
-        solution, _ = torch.linalg.solve_ex(A, state.rhs)
+        solution = _small_solve(A, state.rhs)
         alpha = solution[:, 1:, 0]
         newest = (state.slots == slot).to(alpha.dtype)  # fallback: a plain damped step
         ok = torch.isfinite(alpha).all(dim=1, keepdim=True)
         return torch.where(ok, alpha, newest)
+
+
+def _small_solve(A: Tensor, rhs: Tensor) -> Tensor:
+    """Batched LU solve with no error check (no host sync).
+
+    On CUDA the cuSOLVER/cuBLAS batched path is forced: PyTorch's default
+    heuristic sends systems larger than 16x16 to MAGMA, which cannot be
+    captured in a CUDA graph.
+    """
+    if A.device.type != "cuda":
+        return torch.linalg.solve_ex(A, rhs)[0]
+    previous = torch.backends.cuda.preferred_linalg_library()
+    torch.backends.cuda.preferred_linalg_library("cusolver")
+    try:
+        return torch.linalg.solve_ex(A, rhs)[0]
+    finally:
+        torch.backends.cuda.preferred_linalg_library(previous)
