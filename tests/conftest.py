@@ -46,3 +46,16 @@ def forbid_host_sync() -> Iterator[None]:
 @pytest.fixture
 def no_host_sync():
     return forbid_host_sync
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", default=False, help="also run end-to-end tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow end-to-end test: pass --run-slow (CI does)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,162 @@
+"""Image-classification datasets for the JIIO adversarial-robustness experiments.
+
+>>> from deqbench.data import load_dataset
+>>> train = load_dataset("digits28", "train")          # embedded, offline
+>>> train.images.shape, train.labels.dtype, train.stand_in_for
+(torch.Size([1437, 1, 28, 28]), torch.int64, 'mnist')
+
+Every loader returns a :class:`LabeledImages` with ``images`` ``(N, C, H, W)``
+float32 in ``[0, 1]`` (no normalisation) and ``labels`` ``(N,)`` int64.
+Nothing is ever downloaded.
+
+=====================  ========  ===============  ==========================================
+name                   real?     shape            where the data comes from
+=====================  ========  ===============  ==========================================
+``mnist``              real      (1, 28, 28)      ``<root>/MNIST/raw/*-ubyte[.gz]`` (IDX)
+``cifar10``            real      (3, 32, 32)      ``<root>/cifar-10-batches-py/`` (pickles)
+``digits28``           stand-in  (1, 28, 28)      scikit-learn ``load_digits()`` (for mnist)
+``sample-patches32``   stand-in  (3, 32, 32)      photos in sklearn/skimage (for cifar10)
+=====================  ========  ===============  ==========================================
+
+``root`` defaults to ``$DEQBENCH_DATA``, else ``./data``.  Missing real files
+raise :class:`DatasetNotFoundError` naming each expected path and how to get
+it.  See :mod:`deqbench.data.real` and :mod:`deqbench.data.embedded` for the
+exact file formats, preprocessing and split rules.
+
+Options common to every dataset: ``limit`` (keep the first ``limit`` examples
+after a shuffle with ``numpy.random.default_rng(limit_seed)``, default
+``limit_seed=0``).  Per-dataset options are listed in ``DATASETS[name].options``
+(e.g. ``train_per_class``/``test_per_class`` for ``sample-patches32``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from ._common import DEFAULT_ROOT_ENV, DatasetNotFoundError, LabeledImages, resolve_root
+from .embedded import PATCH_SOURCES, load_digits28, load_sample_patches32
+from .real import load_cifar10, load_mnist
+
+__all__ = [
+    "LabeledImages",
+    "DatasetNotFoundError",
+    "DatasetSpec",
+    "DATASETS",
+    "SPLITS",
+    "PATCH_SOURCES",
+    "DEFAULT_ROOT_ENV",
+    "load_dataset",
+    "stand_in_for",
+]
+
+SPLITS: tuple[str, ...] = ("train", "test")
+_COMMON_OPTIONS: Mapping[str, Any] = {"limit": None, "limit_seed": 0}
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A registry entry: how to load one dataset and what it looks like."""
+
+    name: str
+    loader: Callable[..., LabeledImages]  # loader(split, root: Path, **options)
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    description: str
+    stand_in_for: str | None = None  # for embedded stand-ins: the real dataset they replace
+    embedded: bool = False  # True: needs no files under root
+    options: Mapping[str, Any] = field(default_factory=dict)  # dataset-specific options and defaults
+    splits: tuple[str, ...] = SPLITS
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    spec.name: spec
+    for spec in (
+        DatasetSpec(
+            "mnist", load_mnist, (1, 28, 28), 10,
+            "MNIST from the raw IDX files <root>/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]; "
+            "60000 train / 10000 test",
+        ),
+        DatasetSpec(
+            "cifar10", load_cifar10, (3, 32, 32), 10,
+            "CIFAR-10 from the python pickle batches <root>/cifar-10-batches-py/{data_batch_1..5,test_batch}; "
+            "50000 train / 10000 test",
+        ),
+        DatasetSpec(
+            "digits28", load_digits28, (1, 28, 28), 10,
+            "embedded MNIST stand-in: scikit-learn's 1797 8x8 digits, bilinear-resized to 28x28; "
+            "stratified 80/20 split (1437 train / 360 test)",
+            stand_in_for="mnist", embedded=True, options={"seed": 0, "test_fraction": 0.2},
+        ),
+        DatasetSpec(
+            "sample-patches32", load_sample_patches32, (3, 32, 32), 10,
+            "embedded CIFAR-10 stand-in: 32x32 patches of 10 bundled photographs, class = source photo; "
+            "train from the left 70% of each photo, test from the right 30% (4000 train / 1000 test)",
+            stand_in_for="cifar10", embedded=True,
+            options={"train_per_class": 400, "test_per_class": 100, "seed": 0, "train_fraction": 0.7,
+                     "short_side": 128, "min_std": 0.02},
+        ),
+    )
+}
+
+
+def stand_in_for(real_name: str) -> str:
+    """The embedded dataset that replaces ``real_name`` offline (``"mnist"`` -> ``"digits28"``)."""
+    for spec in DATASETS.values():
+        if spec.stand_in_for == real_name:
+            return spec.name
+    raise ValueError(f"no embedded stand-in for {real_name!r}")
+
+
+def _get_spec(name: str) -> DatasetSpec:
+    if not isinstance(name, str) or name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(sorted(DATASETS))}")
+    return DATASETS[name]
+
+
+def load_dataset(name: str, split: str, root: str | os.PathLike | None = None, **options: Any) -> LabeledImages:
+    """Load split ``split`` (``"train"`` or ``"test"``) of dataset ``name`` into memory.
+
+    ``root`` is where the real datasets' files live (default ``$DEQBENCH_DATA``,
+    else ``./data``); the embedded stand-ins ignore it.  ``options``: ``limit``
+    and ``limit_seed`` for every dataset, plus ``DATASETS[name].options``.
+    Raises ValueError for an unknown name or split, TypeError for an unknown
+    option and :class:`DatasetNotFoundError` when real files are missing.
+    """
+    spec = _get_spec(name)
+    if split not in spec.splits:
+        raise ValueError(f"unknown split {split!r} for dataset {name!r}; valid splits: {', '.join(spec.splits)}")
+    allowed = {**_COMMON_OPTIONS, **spec.options}
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise TypeError(
+            f"unknown option(s) {', '.join(unknown)} for dataset {name!r}; accepted: {', '.join(sorted(allowed))}"
+        )
+    limit = options.pop("limit", None)
+    limit_seed = options.pop("limit_seed", 0)
+    data = spec.loader(split, resolve_root(root), **options)
+    if limit is not None:
+        data = _apply_limit(data, limit, limit_seed)
+    return data
+
+
+def _apply_limit(data: LabeledImages, limit: int, seed: int) -> LabeledImages:
+    if isinstance(limit, bool) or int(limit) != limit or limit < 0:
+        raise ValueError(f"limit must be a non-negative integer or None, got {limit!r}")
+    limit = int(limit)
+    if limit >= len(data):
+        return data
+    import torch
+
+    keep = torch.from_numpy(np.random.default_rng(seed).permutation(len(data))[:limit])
+    return dataclasses.replace(
+        data,
+        images=data.images[keep].contiguous(),
+        labels=data.labels[keep].contiguous(),
+        source=f"{data.source}; limited to the first {limit} of {len(data)} after a shuffle with "
+        f"numpy default_rng({seed})",
+    )

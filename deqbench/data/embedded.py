@@ -1,0 +1,248 @@
+"""Offline stand-ins for MNIST and CIFAR-10 built from real data shipped in installed wheels.
+
+``digits28`` (MNIST stand-in)
+    scikit-learn's ``load_digits()``: 1797 real 8x8 handwritten digits (a copy
+    of the test part of the UCI "optdigits" set, stored in
+    ``sklearn/datasets/data/digits.csv.gz``), pixel values 0..16.  Scaled by
+    1/16 to ``[0, 1]`` and resized 8x8 -> 28x28 with bilinear interpolation
+    (``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)``,
+    no antialiasing, the digit fills the whole frame, no padding).  Split:
+    ``sklearn.model_selection.train_test_split(test_size=0.2, stratify=labels,
+    random_state=seed)`` with ``seed=0`` -> 1437 train / 360 test, disjoint.
+
+``sample-patches32`` (CIFAR-10 stand-in)
+    A 10-class task "which photograph does this 32x32 RGB patch come from",
+    over ten real colour photographs bundled in the scikit-learn and
+    scikit-image wheels (:data:`PATCH_SOURCES`; read straight from the wheel
+    with Pillow, never through a downloader).  Each photograph is resized with
+    antialiased bilinear interpolation so its shorter side is 128 px (aspect
+    ratio kept) and quantised to 8 bits.  The columns are cut at
+    ``floor(0.7 * width)``: train patches lie entirely left of the cut, test
+    patches entirely right of it, so no pixel of a test patch appears in any
+    train patch.  Patch positions are drawn uniformly without replacement from
+    the positions inside the region whose patch has pixel standard deviation
+    >= 0.02 (drops flat patches, e.g. uniform sky), with
+    ``numpy.random.default_rng([seed, class, split])``.  Default 400 train and
+    100 test patches per class (4000 / 1000); the examples are then put in a
+    fixed pseudo-random order.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ._common import LabeledImages
+
+__all__ = ["load_digits28", "load_sample_patches32", "PATCH_SOURCES", "PatchSource"]
+
+_SPLIT_ID = {"train": 0, "test": 1}
+
+
+# --------------------------------------------------------------------------- digits28
+
+
+def load_digits28(split: str, root: Path | None = None, *, seed: int = 0, test_fraction: float = 0.2) -> LabeledImages:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    digits = load_digits()
+    images = np.asarray(digits.images, dtype=np.float32)  # (1797, 8, 8), 0..16
+    targets = np.asarray(digits.target, dtype=np.int64)
+    train_idx, test_idx = train_test_split(
+        np.arange(len(targets)), test_size=test_fraction, stratify=targets, random_state=seed
+    )
+    idx = train_idx if split == "train" else test_idx
+    x = torch.from_numpy(images[idx] / 16.0).unsqueeze(1)
+    x = F.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False).clamp_(0.0, 1.0).contiguous()
+    import sklearn.datasets
+
+    csv = Path(sklearn.datasets.__file__).parent / "data" / "digits.csv.gz"
+    source = (
+        f"embedded MNIST stand-in: scikit-learn load_digits() ({len(targets)} real 8x8 handwritten digits, "
+        f"values 0..16, file {csv}), scaled by 1/16 to [0,1] and resized 8x8->28x28 with bilinear interpolation "
+        f"(torch interpolate, align_corners=False, no antialias, full frame); split = "
+        f"sklearn train_test_split(test_size={test_fraction}, stratify=labels, random_state={seed}) -> "
+        f"{len(train_idx)} train / {len(test_idx)} test, disjoint; this is the {split} part ({len(idx)} images)"
+    )
+    return LabeledImages(
+        images=x,
+        labels=torch.from_numpy(targets[idx]),
+        num_classes=10,
+        name="digits28",
+        source=source,
+        stand_in_for="mnist",
+        split=split,
+        class_names=tuple(str(i) for i in range(10)),
+    )
+
+
+# --------------------------------------------------------------------------- sample-patches32
+
+
+@dataclass(frozen=True)
+class PatchSource:
+    """One class of ``sample-patches32``: a photograph bundled in a wheel."""
+
+    name: str  # class name
+    package: str  # importable package holding the file
+    filename: str  # file inside that package
+    api: str  # the public function that returns the same pixels
+
+    def path(self) -> Path:
+        """The file inside the installed wheel, located without importing the package (importing sklearn
+        alone costs ~1 s)."""
+        top, *sub = self.package.split(".")
+        spec = importlib.util.find_spec(top)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModuleNotFoundError(f"sample-patches32 needs the {top!r} package installed (for {self.filename})")
+        return Path(list(spec.submodule_search_locations)[0]).joinpath(*sub, self.filename)
+
+
+#: The ten photographs, in class-index order.
+PATCH_SOURCES: tuple[PatchSource, ...] = (
+    PatchSource("china", "sklearn.datasets.images", "china.jpg", "sklearn.datasets.load_sample_image('china.jpg')"),
+    PatchSource("flower", "sklearn.datasets.images", "flower.jpg", "sklearn.datasets.load_sample_image('flower.jpg')"),
+    PatchSource("astronaut", "skimage.data", "astronaut.png", "skimage.data.astronaut()"),
+    PatchSource("coffee", "skimage.data", "coffee.png", "skimage.data.coffee()"),
+    PatchSource("chelsea", "skimage.data", "chelsea.png", "skimage.data.chelsea()"),
+    PatchSource("rocket", "skimage.data", "rocket.jpg", "skimage.data.rocket()"),
+    PatchSource("hubble_deep_field", "skimage.data", "hubble_deep_field.jpg", "skimage.data.hubble_deep_field()"),
+    PatchSource("retina", "skimage.data", "retina.jpg", "skimage.data.retina()"),
+    PatchSource("immunohistochemistry", "skimage.data", "ihc.png", "skimage.data.immunohistochemistry()"),
+    PatchSource("motorcycle", "skimage.data", "motorcycle_left.png", "skimage.data.stereo_motorcycle()[0]"),
+)
+
+PATCH = 32
+
+
+def _read_rgb(src: PatchSource) -> np.ndarray:
+    from PIL import Image
+
+    path = src.path()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"sample-patches32 needs {src.filename} from the {src.package} package, expected at {path}; "
+            f"reinstall {src.package.split('.')[0]} from a standard wheel, which bundles it"
+        )
+    with Image.open(path) as im:
+        return np.array(im.convert("RGB"), dtype=np.uint8)  # a writable copy
+
+
+@functools.lru_cache(maxsize=4)
+def _resized_sources(short_side: int) -> tuple[np.ndarray, ...]:
+    """The ten photographs as read-only uint8 ``(3, H, W)`` arrays with ``min(H, W) == short_side``."""
+    out = []
+    for src in PATCH_SOURCES:
+        rgb = torch.from_numpy(_read_rgb(src)).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+        h, w = rgb.shape[-2:]
+        scale = short_side / min(h, w)
+        size = (max(short_side, round(h * scale)), max(short_side, round(w * scale)))
+        small = F.interpolate(rgb, size=size, mode="bilinear", align_corners=False, antialias=scale < 1.0)
+        arr = small[0].clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8).numpy()
+        arr.setflags(write=False)
+        out.append(arr)
+    return tuple(out)
+
+
+def _patch_std(img: np.ndarray, p: int) -> np.ndarray:
+    """Pixel std (over all channels) of every ``p x p`` window, via integral images: ``(H-p+1, W-p+1)``."""
+    x = img.astype(np.float64) / 255.0
+
+    def box(a: np.ndarray) -> np.ndarray:
+        s = np.zeros((a.shape[1] + 1, a.shape[2] + 1))
+        s[1:, 1:] = a.sum(0).cumsum(0).cumsum(1)
+        return s[p:, p:] - s[:-p, p:] - s[p:, :-p] + s[:-p, :-p]
+
+    n = img.shape[0] * p * p
+    mean = box(x) / n
+    var = box(x * x) / n - mean * mean
+    return np.sqrt(np.maximum(var, 0.0))
+
+
+def _draw_patches(
+    img: np.ndarray, split: str, n: int, *, cls: int, seed: int, train_fraction: float, min_std: float
+) -> np.ndarray:
+    _, h, w = img.shape
+    cut = int(np.floor(train_fraction * w))
+    lo, hi = (0, cut) if split == "train" else (cut, w)  # the patch must lie in columns [lo, hi)
+    name = PATCH_SOURCES[cls].name
+    if hi - lo < PATCH or h < PATCH:
+        raise ValueError(
+            f"sample-patches32: the {split} region of '{name}' is {h}x{hi - lo} px, smaller than {PATCH}x{PATCH}; "
+            f"change train_fraction ({train_fraction}) or short_side"
+        )
+    std = _patch_std(img, PATCH)[:, lo : hi - PATCH + 1]
+    ys, xs = np.nonzero(std >= min_std)
+    if n > len(ys):
+        raise ValueError(
+            f"sample-patches32: asked for {n} {split} patches of '{name}' but its {split} region has only "
+            f"{len(ys)} distinct positions with std >= {min_std}"
+        )
+    rng = np.random.default_rng([seed, cls, _SPLIT_ID[split]])
+    pick = rng.choice(len(ys), size=n, replace=False)
+    windows = np.lib.stride_tricks.sliding_window_view(img, (PATCH, PATCH), axis=(1, 2))  # (3, H', W', p, p)
+    return np.ascontiguousarray(windows[:, ys[pick], xs[pick] + lo].transpose(1, 0, 2, 3))  # (n, 3, p, p)
+
+
+def load_sample_patches32(
+    split: str,
+    root: Path | None = None,
+    *,
+    train_per_class: int = 400,
+    test_per_class: int = 100,
+    seed: int = 0,
+    train_fraction: float = 0.7,
+    short_side: int = 128,
+    min_std: float = 0.02,
+) -> LabeledImages:
+    per_class = train_per_class if split == "train" else test_per_class
+    if int(per_class) != per_class or per_class < 1:
+        raise ValueError(f"{split}_per_class must be a positive integer, got {per_class}")
+    if not 0.0 < train_fraction < 1.0:
+        raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
+    if int(short_side) != short_side or short_side < PATCH:
+        raise ValueError(f"short_side must be an integer >= {PATCH}, got {short_side}")
+    sources = _resized_sources(int(short_side))
+    chunks, labels = [], []
+    for cls, img in enumerate(sources):
+        chunks.append(
+            _draw_patches(img, split, int(per_class), cls=cls, seed=seed, train_fraction=train_fraction,
+                          min_std=min_std)
+        )
+        labels.append(np.full(int(per_class), cls, dtype=np.int64))
+    order = np.random.default_rng([seed, 10_000 + _SPLIT_ID[split]]).permutation(len(sources) * int(per_class))
+    x = torch.from_numpy(np.concatenate(chunks)[order]).float().div_(255.0)
+    y = torch.from_numpy(np.concatenate(labels)[order])
+    groups: dict[Path, list[str]] = {}
+    for k, (s, a) in enumerate(zip(PATCH_SOURCES, sources)):
+        groups.setdefault(s.path().parent, []).append(f"{k} {s.name}={s.filename} ({a.shape[1]}x{a.shape[2]} resized)")
+    listing = "; ".join(f"{', '.join(items)} [from {folder}]" for folder, items in groups.items())
+    side = "left" if split == "train" else "right"
+    source = (
+        f"embedded CIFAR-10 stand-in: 10-class 'which photograph is this 32x32 patch from' task over real colour "
+        f"photographs bundled in the scikit-learn and scikit-image wheels, classes {listing}. Each photo is resized "
+        f"(antialiased bilinear) to shorter side {short_side} px and quantised to 8 bits; columns are cut at "
+        f"floor({train_fraction} * width): train patches lie entirely left of the cut, test patches entirely right "
+        f"of it (disjoint pixels); positions uniform without replacement among windows with pixel std >= {min_std}, "
+        f"numpy default_rng([seed={seed}, class, split]); {train_per_class} train / {test_per_class} test per class. "
+        f"This is the {split} part ({side} region, {len(y)} patches)"
+    )
+    return LabeledImages(
+        images=x,
+        labels=y,
+        num_classes=len(sources),
+        name="sample-patches32",
+        source=source,
+        stand_in_for="cifar10",
+        split=split,
+        class_names=tuple(s.name for s in PATCH_SOURCES),
+    )

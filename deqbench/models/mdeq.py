@@ -1,0 +1,465 @@
+"""Multiscale deep equilibrium classifier (MDEQ, Bai et al. 2020) with GroupNorm only.
+
+This is the 2-branch "MDEQ-SMALL" classifier of the JIIO paper's adversarial
+experiments (appendix C.2, Table 9): every BatchNorm of the original MDEQ is a
+GroupNorm, so each example's inner problem (forward solve, JIIO, PGD) is
+independent of the rest of the batch, in training and in evaluation mode.
+
+Structure
+---------
+The state ``z`` is a tuple of branch tensors ``(B, C_i, H_i, W_i)``; branch 0
+has the input resolution and ``H_i = ceil(H_{i-1} / 2)`` (the output size of a
+stride-2 3x3 convolution with padding 1), i.e. ``H / 2**i`` for sizes divisible
+by ``2**i``.
+
+* Injection (``stem``): conv3x3(in->C0)-GN-ReLU-conv3x3(C0->C0)-GN-ReLU into
+  branch 0; the other branches receive zeros.  GN: ``fuse_groups``.
+* DEQ layer ``f(z, injection)``:
+
+  - per branch a residual block (``blocks[i]``), GN groups ``block_groups``::
+
+        h = conv3x3(C->eC)(z_i) -> GN -> ReLU -> conv3x3(eC->C) -> + injection_i
+        h = GN(h) + z_i -> ReLU -> GN
+
+  - multiscale fusion (``fuse[j][i]`` brings branch i to branch j's scale):
+    identity for i == j; for i < j a chain of (j - i) stride-2 conv3x3 + GN
+    (ReLU between, not after the last; intermediate convs keep C_i channels,
+    the last maps to C_j); for i > j conv1x1(C_i->C_j) + GN + nearest upsample
+    to branch j's size (x 2**(i - j) when the sizes are powers of two apart).
+    GN: ``fuse_groups``.  Output branch j is the sum over i.
+  - post-fusion per branch (``post_fuse[j]``): ReLU -> conv1x1 -> GN with
+    ``post_fuse_groups`` groups.
+
+  Weight norm (``deqbench.norms``, dim 0) on the two block convolutions and the
+  post-fusion convolution when ``config.weight_norm``, as in the reference.
+* Classifier head (HRNet style, ``head``), GN ``fuse_groups`` everywhere:
+
+  - per branch a bottleneck ``C_i -> 4 * head_channels[i]``:
+    conv1x1(C_i->h)-GN-ReLU-conv3x3(h->h)-GN-ReLU-conv1x1(h->4h)-GN, plus a
+    shortcut conv1x1(C_i->4h)-GN, then ReLU.  The three inner GNs have no affine
+    parameters and the shortcut GN has them, mirroring the reference head's
+    BatchNorm(affine=False) / nn.BatchNorm2d(default affine) pattern;
+  - a downsampling chain: y = bottleneck_0(z_0); for i >= 1
+    y = ReLU(GN(conv3x3 stride 2 (4h_{i-1}->4h_i, bias)(y))) + bottleneck_i(z_i);
+  - conv1x1(4h_last -> final_channels, bias)-GN-ReLU, global average pool,
+    Linear(final_channels -> num_classes).
+
+Initialisation follows the reference MDEQ classifier: convolutions that are not
+weight-normalised are drawn from N(0, 0.01) (weights and biases); the
+weight-normalised ones keep PyTorch's default.
+
+With the paper's MNIST configuration (channels (24, 24), expansion 5, 1x28x28
+input) this has 158,554 trainable parameters, the count of the reference MNIST
+classifier; with 3-channel input, 158,986 (reference CIFAR-small).
+
+Variational dropout (``dropout``) is 0 in every experiment of the paper and is
+not implemented: a non-zero value raises ``ValueError``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from deqbench.deq import fixed_point
+from deqbench.norms import apply_weight_norm, reset_norms
+
+__all__ = ["MDEQConfig", "MDEQClassifier", "DEFAULT_BACKWARD_OPTIONS"]
+
+# Paper Table 9: backward quasi-Newton threshold T_b = 20 (run to the limit).
+DEFAULT_BACKWARD_OPTIONS: dict[str, Any] = {"method": "broyden", "max_iter": 20, "tol": 0.0}
+
+HEAD_EXPANSION = 4  # bottleneck expansion of the HRNet head
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if not _is_int(value) or value < 1:
+        raise ValueError(f"MDEQConfig.{name} must be a positive integer, got {value!r}")
+
+
+def _int_tuple(name: str, value: Any) -> tuple[int, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ValueError(f"MDEQConfig.{name} must be a non-empty sequence of positive integers, got {value!r}")
+    value = tuple(value)
+    if not value:
+        raise ValueError(f"MDEQConfig.{name} must not be empty")
+    if not all(_is_int(v) and v >= 1 for v in value):
+        raise ValueError(f"MDEQConfig.{name} must contain positive integers only, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class MDEQConfig:
+    """Hyper-parameters of :class:`MDEQClassifier` (defaults: the paper's MNIST model)."""
+
+    in_channels: int = 1
+    num_classes: int = 10
+    channels: tuple[int, ...] = (24, 24)  # per branch; branch i has resolution H / 2**i
+    expansion: int = 5  # width expansion inside the residual block
+    block_groups: int = 4  # GN groups inside residual blocks (the reference code silently used 4)
+    fuse_groups: int = 8  # GN groups in fusion / injection / head (paper Table 9: 8)
+    post_fuse_groups: int = 4  # GN groups after the post-fusion 1x1 conv (reference: NUM_GROUPS / 2)
+    head_channels: tuple[int, ...] = (8, 16)  # bottleneck width per branch (output 4x this)
+    final_channels: int = 200
+    weight_norm: bool = True
+    dropout: float = 0.0  # variational dropout: only 0 is supported (as in the paper)
+
+    def __post_init__(self) -> None:
+        for name in ("in_channels", "num_classes", "expansion", "block_groups", "fuse_groups",
+                     "post_fuse_groups", "final_channels"):
+            _positive_int(name, getattr(self, name))
+        channels = _int_tuple("channels", self.channels)
+        head = _int_tuple("head_channels", self.head_channels)
+        object.__setattr__(self, "channels", channels)
+        object.__setattr__(self, "head_channels", head)
+        if len(head) != len(channels):
+            raise ValueError(f"MDEQConfig.head_channels needs one entry per branch ({len(channels)} branches, "
+                             f"from channels={channels}), got {head}")
+        for i, c in enumerate(channels):
+            for gname in ("block_groups", "fuse_groups", "post_fuse_groups"):
+                g = getattr(self, gname)
+                if c % g:
+                    raise ValueError(f"MDEQConfig.channels: branch {i} has {c} channels, "
+                                     f"not divisible by {gname}={g}")
+        for i, h in enumerate(head):
+            if h % self.fuse_groups:
+                raise ValueError(f"MDEQConfig.head_channels: branch {i} has {h} channels, "
+                                 f"not divisible by fuse_groups={self.fuse_groups}")
+        if self.final_channels % self.fuse_groups:
+            raise ValueError(f"MDEQConfig.final_channels={self.final_channels} is not divisible by "
+                             f"fuse_groups={self.fuse_groups}")
+        if not isinstance(self.weight_norm, bool):
+            raise ValueError(f"MDEQConfig.weight_norm must be a bool, got {self.weight_norm!r}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ValueError(f"MDEQConfig.dropout must be a number in [0, 1), got {self.dropout!r}")
+        if self.dropout != 0:
+            raise ValueError(f"MDEQConfig.dropout={self.dropout!r}: variational dropout is not implemented "
+                             "(the paper uses 0.0 in every experiment, Table 9)")
+
+    @property
+    def num_branches(self) -> int:
+        return len(self.channels)
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+
+def _conv3x3(cin: int, cout: int, stride: int = 1, bias: bool = False) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=bias)
+
+
+def _conv1x1(cin: int, cout: int, bias: bool = False) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 1, bias=bias)
+
+
+def _down_size(n: int) -> int:
+    """Output size of a stride-2 3x3 convolution with padding 1."""
+    return (n + 1) // 2
+
+
+class ResidualBlock(nn.Module):
+    """MDEQ branch block: conv-GN-ReLU-conv, +injection, GN, +z, ReLU, GN."""
+
+    def __init__(self, channels: int, expansion: int, groups: int):
+        super().__init__()
+        hidden = channels * expansion
+        self.conv1 = _conv3x3(channels, hidden)
+        self.gn1 = nn.GroupNorm(groups, hidden)
+        self.conv2 = _conv3x3(hidden, channels)
+        self.gn2 = nn.GroupNorm(groups, channels)
+        self.gn3 = nn.GroupNorm(groups, channels)
+
+    def forward(self, z: Tensor, injection: Tensor) -> Tensor:
+        h = F.relu(self.gn1(self.conv1(z)))
+        h = self.conv2(h) + injection
+        h = F.relu(self.gn2(h) + z)
+        return self.gn3(h)
+
+
+class Upsample(nn.Module):
+    """Branch i -> lower-index (higher resolution) branch j: conv1x1 + GN + nearest upsampling."""
+
+    def __init__(self, cin: int, cout: int, groups: int):
+        super().__init__()
+        self.conv = _conv1x1(cin, cout)
+        self.gn = nn.GroupNorm(groups, cout)
+
+    def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
+        return F.interpolate(self.gn(self.conv(x)), size=size, mode="nearest")
+
+
+class Downsample(nn.Sequential):
+    """Branch i -> higher-index (lower resolution) branch j: (j - i) stride-2 conv3x3 + GN, ReLU between."""
+
+    def __init__(self, cin: int, cout: int, steps: int, groups: int):
+        layers: list[nn.Module] = []
+        for k in range(steps):
+            last = k == steps - 1
+            out = cout if last else cin
+            layers += [_conv3x3(cin, out, stride=2), nn.GroupNorm(groups, out)]
+            if not last:
+                layers.append(nn.ReLU())
+        super().__init__(*layers)
+
+
+class PostFuse(nn.Module):
+    """ReLU -> conv1x1 -> GN."""
+
+    def __init__(self, channels: int, groups: int):
+        super().__init__()
+        self.conv = _conv1x1(channels, channels)
+        self.gn = nn.GroupNorm(groups, channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.gn(self.conv(F.relu(x)))
+
+
+class Bottleneck(nn.Module):
+    """Head bottleneck C -> 4h with a projection shortcut (GroupNorm instead of BatchNorm)."""
+
+    def __init__(self, cin: int, width: int, groups: int):
+        super().__init__()
+        out = width * HEAD_EXPANSION
+        self.conv1 = _conv1x1(cin, width)
+        self.gn1 = nn.GroupNorm(groups, width, affine=False)
+        self.conv2 = _conv3x3(width, width)
+        self.gn2 = nn.GroupNorm(groups, width, affine=False)
+        self.conv3 = _conv1x1(width, out)
+        self.gn3 = nn.GroupNorm(groups, out, affine=False)
+        self.shortcut = nn.Sequential(_conv1x1(cin, out), nn.GroupNorm(groups, out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.relu(self.gn1(self.conv1(x)))
+        h = F.relu(self.gn2(self.conv2(h)))
+        h = self.gn3(self.conv3(h))
+        return F.relu(h + self.shortcut(x))
+
+
+class ClassifierHead(nn.Module):
+    """HRNet-style head: per-branch bottlenecks, stride-2 merging chain, conv1x1, pool, linear."""
+
+    def __init__(self, config: MDEQConfig):
+        super().__init__()
+        g = config.fuse_groups
+        widths = [h * HEAD_EXPANSION for h in config.head_channels]
+        self.bottlenecks = nn.ModuleList(
+            Bottleneck(c, h, g) for c, h in zip(config.channels, config.head_channels)
+        )
+        self.downsample = nn.ModuleList(
+            nn.Sequential(_conv3x3(widths[i], widths[i + 1], stride=2, bias=True),
+                          nn.GroupNorm(g, widths[i + 1]), nn.ReLU())
+            for i in range(len(widths) - 1)
+        )
+        self.final = nn.Sequential(_conv1x1(widths[-1], config.final_channels, bias=True),
+                                   nn.GroupNorm(g, config.final_channels), nn.ReLU())
+        self.classifier = nn.Linear(config.final_channels, config.num_classes)
+
+    def forward(self, z: Sequence[Tensor]) -> Tensor:
+        y = self.bottlenecks[0](z[0])
+        for i, down in enumerate(self.downsample):
+            y = down(y) + self.bottlenecks[i + 1](z[i + 1])
+        y = self.final(y)
+        return self.classifier(y.mean(dim=(2, 3)))
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+class MDEQClassifier(nn.Module):
+    """MDEQ classifier with GroupNorm only; see the module docstring for the architecture.
+
+    ``forward(images)`` solves z* = f(z*, inject(images)) with
+    :func:`deqbench.deq.fixed_point` (defaults: Broyden, 18 iterations, run to
+    the limit; IFT backward with Broyden, 20 iterations -- paper Table 9) and
+    returns the logits of z*.  For input optimisation (JIIO, PGD, Adam),
+    ``layer_fn(images)`` is f(z, delta) for a perturbation delta of the images
+    and ``cost_fn(labels)`` the per-sample inner cost -CE (JIIO eq. 26).
+    """
+
+    def __init__(self, config: MDEQConfig | None = None):
+        super().__init__()
+        config = MDEQConfig() if config is None else config
+        if not isinstance(config, MDEQConfig):
+            raise TypeError(f"config must be an MDEQConfig, got {type(config).__name__}")
+        self.config = config
+        c0, gf = config.channels[0], config.fuse_groups
+        self.stem = nn.Sequential(
+            _conv3x3(config.in_channels, c0), nn.GroupNorm(gf, c0), nn.ReLU(),
+            _conv3x3(c0, c0), nn.GroupNorm(gf, c0), nn.ReLU(),
+        )
+        self.blocks = nn.ModuleList(ResidualBlock(c, config.expansion, config.block_groups) for c in config.channels)
+        n = config.num_branches
+        fuse = nn.ModuleList()
+        for j in range(n):  # output branch
+            row = nn.ModuleList()
+            for i in range(n):  # input branch
+                if i == j:
+                    row.append(nn.Identity())
+                elif i < j:
+                    row.append(Downsample(config.channels[i], config.channels[j], j - i, gf))
+                else:
+                    row.append(Upsample(config.channels[i], config.channels[j], gf))
+            fuse.append(row)
+        self.fuse = fuse
+        self.post_fuse = nn.ModuleList(PostFuse(c, config.post_fuse_groups) for c in config.channels)
+        self.head = ClassifierHead(config)
+        normed = [conv for block in self.blocks for conv in (block.conv1, block.conv2)]
+        normed += [post.conv for post in self.post_fuse]
+        self._init_weights(exclude=normed if config.weight_norm else [])
+        if config.weight_norm:
+            for conv in normed:
+                apply_weight_norm(conv, dim=0)
+
+    def _init_weights(self, exclude: Sequence[nn.Module]) -> None:
+        """Reference MDEQ initialisation: N(0, 0.01) for the weights and biases of every
+        convolution that is not weight-normalised (those keep PyTorch's default init,
+        as in the reference, whose init pass cannot reach weight-normed convolutions);
+        GroupNorm affine = (1, 0) and the final Linear keep PyTorch's defaults."""
+        skip = {id(m) for m in exclude}
+        with torch.no_grad():
+            for m in self.modules():
+                if isinstance(m, nn.Conv2d) and id(m) not in skip:
+                    m.weight.normal_(0.0, 0.01)
+                    if m.bias is not None:
+                        m.bias.normal_(0.0, 0.01)
+
+    # ---------------------------------------------------------------- shapes
+
+    def branch_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
+        """Spatial size (H_i, W_i) of every branch for a ``height x width`` input."""
+        sizes = [(height, width)]
+        for _ in range(1, self.config.num_branches):
+            h, w = sizes[-1]
+            sizes.append((_down_size(h), _down_size(w)))
+        return sizes
+
+    def _check_images(self, images: Tensor) -> None:
+        if images.dim() != 4 or images.shape[1] != self.config.in_channels:
+            raise ValueError(f"images must have shape (B, {self.config.in_channels}, H, W), "
+                             f"got {tuple(images.shape)}")
+
+    def z0(self, images: Tensor) -> tuple[Tensor, ...]:
+        """The zero initial state: one (B, C_i, H_i, W_i) tensor per branch."""
+        self._check_images(images)
+        b = images.shape[0]
+        sizes = self.branch_sizes(images.shape[2], images.shape[3])
+        return tuple(images.new_zeros(b, c, h, w) for c, (h, w) in zip(self.config.channels, sizes))
+
+    # ---------------------------------------------------------------- pieces
+
+    def inject(self, images: Tensor) -> tuple[Tensor, ...]:
+        """Per-branch input injections: the stem output into branch 0, zeros elsewhere."""
+        self._check_images(images)
+        x0 = self.stem(images)
+        b = images.shape[0]
+        sizes = self.branch_sizes(images.shape[2], images.shape[3])
+        rest = tuple(x0.new_zeros(b, c, h, w) for c, (h, w) in zip(self.config.channels[1:], sizes[1:]))
+        return (x0,) + rest
+
+    def layer(self, z: Sequence[Tensor], injection: Sequence[Tensor]) -> tuple[Tensor, ...]:
+        """The DEQ map f(z, injection): residual blocks, multiscale fusion, post-fusion."""
+        n = self.config.num_branches
+        if len(z) != n or len(injection) != n:
+            raise ValueError(f"z and injection need {n} branches, got {len(z)} and {len(injection)}")
+        x = [block(zi, inj) for block, zi, inj in zip(self.blocks, z, injection)]
+        out = []
+        for j in range(n):
+            size = (x[j].shape[2], x[j].shape[3])
+            y = x[j]
+            for i in range(n):
+                if i < j:
+                    y = y + self.fuse[j][i](x[i])
+                elif i > j:
+                    y = y + self.fuse[j][i](x[i], size)
+            out.append(self.post_fuse[j](y))
+        return tuple(out)
+
+    def logits(self, z: Sequence[Tensor]) -> Tensor:
+        """Classifier head h(z) -> (B, num_classes)."""
+        return self.head(z)
+
+    def layer_fn(self, images: Tensor) -> Callable[[tuple[Tensor, ...], Tensor], tuple[Tensor, ...]]:
+        """f(z, delta) = layer(z, inject(images + delta)), for input optimisation of delta."""
+        return lambda z, delta: self.layer(z, self.inject(images + delta))
+
+    def cost_fn(self, labels: Tensor) -> Callable[[Sequence[Tensor]], Tensor]:
+        """Per-sample inner cost -CE(logits(z), labels), shape (B,) (JIIO eq. 26)."""
+        return lambda z: -F.cross_entropy(self.logits(z), labels, reduction="none")
+
+    # ---------------------------------------------------------------- forward
+
+    def forward(
+        self,
+        images: Tensor,
+        solver: str = "broyden",
+        max_iter: int = 18,
+        tol: float = 0.0,
+        solver_options: dict[str, Any] | None = None,
+        backward: str = "ift",
+        backward_options: dict[str, Any] | None = None,
+        stats: dict[str, Any] | None = None,
+    ) -> Tensor:
+        """Logits at the equilibrium z* = f(z*, inject(images)).
+
+        The weight-normalised weights are recomputed once here (in the
+        caller's grad mode) and reused by every f evaluation of the solve.
+        ``backward_options=None`` with ``backward="ift"`` means
+        :data:`DEFAULT_BACKWARD_OPTIONS` (Broyden, 20 iterations).  ``stats``
+        receives the solver results (see :func:`deqbench.deq.fixed_point`).
+        """
+        if self.config.weight_norm:
+            reset_norms(self)
+        if backward_options is None and backward == "ift":
+            backward_options = dict(DEFAULT_BACKWARD_OPTIONS)
+        injection = self.inject(images)
+        z = fixed_point(
+            lambda state: self.layer(state, injection),
+            self.z0(images),
+            solver=solver,
+            max_iter=max_iter,
+            tol=tol,
+            solver_options=solver_options,
+            backward=backward,  # type: ignore[arg-type]
+            backward_options=backward_options,
+            stats=stats,
+        )
+        return self.logits(z)
+
+    # ---------------------------------------------------------------- provenance
+
+    def num_parameters(self) -> int:
+        """Number of trainable parameter elements (weight norm counts g and v)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def describe(self) -> dict[str, Any]:
+        """Config plus the GroupNorm group counts actually built, per role (JSON-serialisable)."""
+        cfg = asdict(self.config)
+        cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
+        roles = {"stem": "injection", "blocks": "block", "fuse": "fuse", "post_fuse": "post_fuse", "head": "head"}
+        groups: dict[str, list[int]] = {}
+        for name, module in self.named_modules():
+            if isinstance(module, nn.GroupNorm):
+                role = roles[name.split(".", 1)[0]]
+                groups.setdefault(role, [])
+                if module.num_groups not in groups[role]:
+                    groups[role].append(module.num_groups)
+        return {
+            "model": type(self).__name__,
+            "config": cfg,
+            "groupnorm_groups": {role: sorted(v) for role, v in groups.items()},
+            "num_groupnorm": sum(isinstance(m, nn.GroupNorm) for m in self.modules()),
+            "num_batchnorm": sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.modules()),
+            "weight_normed": [name for name, m in self.named_modules() if hasattr(m, "weight_g")],
+            "num_parameters": self.num_parameters(),
+        }

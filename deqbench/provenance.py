@@ -1,0 +1,81 @@
+"""Provenance record attached to every result: code, config, environment, device and seeds."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from deqbench.config import config_hash
+
+PACKAGES = ("deqbench", "torch", "torchvision", "numpy", "scipy", "scikit-learn", "scikit-image", "snakemake", "dvc", "torch-fidelity")
+
+
+def git_revision(cwd: str | Path | None = None) -> dict[str, Any]:
+    def run(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    rev = run("rev-parse", "HEAD")
+    status = run("status", "--porcelain", "--untracked-files=no")
+    return {"rev": rev, "dirty": bool(status) if status is not None else None}
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def device_description(device: torch.device | str) -> dict[str, Any]:
+    device = torch.device(device)
+    info: dict[str, Any] = {"type": device.type, "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        info.update(
+            name=torch.cuda.get_device_name(index),
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+            tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+            tf32_cudnn=torch.backends.cudnn.allow_tf32,
+        )
+    return info
+
+
+def provenance(profile: dict[str, Any], device: torch.device | str, seeds: list[int] | None = None, **extra: Any) -> dict[str, Any]:
+    """Everything needed to say what produced a result."""
+    return {
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "git": git_revision(Path(__file__).resolve().parents[1]),
+        "profile": profile.get("name"),
+        "config_hash": config_hash(profile),
+        "config": profile,
+        "seeds": seeds,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": package_versions(),
+        "device": device_description(device),
+        "command": sys.argv,
+        **extra,
+    }
+
+
+def resolve_device(requested: str) -> torch.device:
+    """'auto' -> cuda if available else cpu; 'cuda' without a GPU is an error."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("profile asks for device 'cuda' but no CUDA device is available; use device: auto or cpu")
+    return torch.device(requested)
