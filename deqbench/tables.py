@@ -55,8 +55,11 @@ def _write_markdown(title: str, note: str, rows: list[dict[str, Any]], columns: 
     return "\n".join(lines) + "\n"
 
 
-def adversarial_table(table: str, profile: dict[str, Any], eval_files: list[str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Rows (dataset, train method, test method) with mean and std over seeds."""
+def adversarial_table(
+    table: str, profile: dict[str, Any], eval_files: list[str], datasets: list[str] | None = None
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Rows (dataset, train method, test method) with mean and std over seeds (all of the
+    experiment's datasets, or the subset ``datasets``)."""
     reference = paper_tables().get(table, {})
     eps = profile["experiments"][table]["eps"]
     cells: dict[tuple[str, str, str], list[float]] = {}
@@ -76,7 +79,13 @@ def adversarial_table(table: str, profile: dict[str, Any], eval_files: list[str]
         for test_method, acc in result["accuracy"].items():
             cells.setdefault((train["dataset"], train["method"], test_method), []).append(acc)
     rows = []
-    for dataset in profile["experiments"][table]["datasets"]:
+    wanted = profile["experiments"][table]["datasets"]
+    if datasets:
+        unknown = sorted(set(datasets) - set(wanted))
+        if unknown:
+            raise ConfigError(f"--datasets {unknown} not in experiments.{table}.datasets {wanted}")
+        wanted = [d for d in wanted if d in datasets]
+    for dataset in wanted:
         for train_method in METHOD_ORDER:
             for test_method in METHOD_ORDER:
                 values = cells.get((dataset, train_method, test_method))
@@ -139,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default=None)
     parser.add_argument("--table", required=True, choices=["table2", "table5", "table8"])
     parser.add_argument("--out", required=True, help="CSV path; .md and .provenance.json are written beside it")
+    parser.add_argument("--datasets", nargs="*", default=None, help="restrict an adversarial table to these datasets")
     parser.add_argument("inputs", nargs="+")
     args = parser.parse_args(argv)
     try:
@@ -151,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             write_table("table2", "Table 2: time to compute an adversarial example", note, rows, TIMING_COLUMNS, TIMING_COLUMNS,
                         profile, args.out, extra)
         else:
-            rows, extra = adversarial_table(args.table, profile, args.inputs)
+            rows, extra = adversarial_table(args.table, profile, args.inputs, args.datasets)
             eps = profile["experiments"][args.table]["eps"]
             title = {"table5": "Table 5", "table8": "Table 8"}[args.table] + f": L2 adversarial training, eps = {eps:g}"
             note = (f"Accuracy (%) of MDEQ classifiers; rows: training method, columns: attack at test time; mean and "

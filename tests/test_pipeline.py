@@ -64,7 +64,7 @@ def test_snakemake_pipeline_end_to_end(tmp_path):
 @pytest.mark.slow
 def test_bad_profile_fails_cleanly(tmp_path):
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
-    proc = _snakemake(tmp_path, "--config", "profile=papr", "results/table5.csv")
+    proc = _snakemake(tmp_path, "results/table5.csv", "--config", "profile=papr")
     assert proc.returncode != 0
     assert "unknown profile 'papr'" in proc.stdout + proc.stderr
     assert not (tmp_path / "results").exists()
