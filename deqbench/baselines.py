@@ -43,7 +43,7 @@ class InputOptResult:
 def _forward_kwargs(forward: dict[str, Any] | None) -> dict[str, Any]:
     kwargs = dict(DEFAULT_FORWARD)
     kwargs.update(forward or {})
-    allowed = {"solver", "max_iter", "tol", "stop_mode", "check_every", "solver_options"}
+    allowed = {"solver", "max_iter", "tol", "stop_mode", "check_every", "solver_options", "cuda_graph"}
     unknown = sorted(set(kwargs) - allowed)
     if unknown:
         raise ValueError(f"unknown forward option(s) {unknown}; allowed: {sorted(allowed)}")

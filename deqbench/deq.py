@@ -30,7 +30,7 @@ from deqbench.state import State, StateSpec, flat_map, spec_of
 
 BackwardMode = Literal["ift", "phantom", "neumann", "none"]
 
-_IFT_KEYS = {"method", "max_iter", "tol", "stop_mode", "check_every"}
+_IFT_KEYS = {"method", "max_iter", "tol", "stop_mode", "check_every", "cuda_graph"}
 
 
 @dataclass
@@ -44,6 +44,7 @@ class BackwardConfig:
     tol: float = 1e-6
     stop_mode: str = "rel"
     check_every: int = 8
+    cuda_graph: str = "auto"
     solver_options: dict[str, Any] = field(default_factory=dict)
     # phantom
     steps: int = 5
@@ -130,6 +131,7 @@ def solve_adjoint(
         tol=cfg.tol,
         stop_mode=cfg.stop_mode,  # type: ignore[arg-type]
         check_every=cfg.check_every,
+        cuda_graph=cfg.cuda_graph,  # type: ignore[arg-type]
         **cfg.solver_options,
     )
     return result.z, result  # type: ignore[return-value]
@@ -182,6 +184,7 @@ def fixed_point(
     backward_options: dict[str, Any] | None = None,
     adjoint_init: State | Callable[[State], State] | None = None,
     stats: dict[str, Any] | None = None,
+    cuda_graph: str = "auto",
 ) -> State:
     """Equilibrium z* = f(z*) of ``f`` from ``z0``; differentiable when grad is enabled.
 
@@ -197,6 +200,8 @@ def fixed_point(
 
     ``stats``, if given, receives ``"forward"`` (the forward ``SolverResult``)
     and, after backward, ``"backward"`` (the adjoint solve's result).
+    ``cuda_graph`` ("auto", "full", "off") applies to the forward solve; the
+    adjoint solve takes its own from ``backward_options``.
     """
     cfg = BackwardConfig.build(backward, backward_options)
     spec = spec_of(z0)
@@ -208,6 +213,7 @@ def fixed_point(
         tol=tol,
         stop_mode=stop_mode,  # type: ignore[arg-type]
         check_every=check_every,
+        cuda_graph=cuda_graph,  # type: ignore[arg-type]
         **(solver_options or {}),
     )
     if stats is not None:

@@ -1,14 +1,27 @@
-"""Replay of a solver's per-iteration bookkeeping as a CUDA graph.
+"""Replay of a solver iteration as a CUDA graph.
 
-A solve alternates f (user code, run eagerly) with bookkeeping: residuals,
-best-iterate tracking, the accelerator's history update and its small linear
-solve.  The bookkeeping is dozens of tiny kernels whose launch cost, not
-their arithmetic, dominates on a GPU.  Because it is written to run entirely
-on the device, in place on buffers that live for the whole solve, and with
-the iteration counter kept on the device, the same kernel sequence is valid
-at every iteration: :class:`StepRunner` runs it eagerly once (warm-up),
-captures it into a CUDA graph on the second call and replays that graph from
-then on.  On the CPU, or with ``enabled=False``, it simply calls the step.
+A solve alternates f with bookkeeping: residuals, best-iterate tracking, the
+accelerator's history update and its small linear solve.  Both are dozens of
+small kernels whose launch cost, not their arithmetic, dominates on a GPU.
+Because the solvers run entirely on the device, in place on buffers that live
+for the whole solve, with the iteration counter kept on the device, the same
+kernel sequence is valid at every iteration.  :class:`StepRunner` therefore
+runs an iteration eagerly once (the warm-up: lazy initialisation, cuDNN
+autotuning, library workspaces), captures the second one into a CUDA graph
+and replays that graph from then on.
+
+Modes (``cuda_graph=``):
+
+* ``"auto"`` (default): capture the solver's bookkeeping only; f runs eagerly,
+  so any f works.
+* ``"full"``: capture f (and, for JIIO, its VJP) as well.  f must then be
+  capturable: no host syncs, no data-dependent Python control flow, and the
+  tensors it closes over must not be replaced during the solve.  The models
+  in :mod:`deqbench.models` satisfy this.
+* ``"off"``: everything eager.
+
+All captures and their warm-ups run on one side stream per device, so library
+workspaces (cuBLAS, cuSOLVER) are allocated once, outside any graph's pool.
 """
 
 from __future__ import annotations
@@ -17,50 +30,67 @@ from typing import Callable, Literal
 
 import torch
 
-GraphMode = Literal["auto", "on", "off"]
+GraphMode = Literal["auto", "full", "off"]
+GRAPH_MODES = ("auto", "full", "off")
+
+_SIDE_STREAMS: dict[int, "torch.cuda.Stream"] = {}
 
 
-def want_graph(mode: GraphMode | bool, device: torch.device) -> bool:
-    """Whether to capture: ``auto`` captures on CUDA unless a capture is already running."""
+def graph_mode(mode: GraphMode | bool, device: torch.device) -> str:
+    """Effective mode on ``device``: ``"off"`` on the CPU or inside another capture."""
     if isinstance(mode, bool):
-        mode = "on" if mode else "off"
-    if mode not in ("auto", "on", "off"):
-        raise ValueError(f"cuda_graph must be 'auto', 'on', 'off' or a bool, got {mode!r}")
-    if mode == "off" or device.type != "cuda":
-        if mode == "on" and device.type != "cuda":
-            raise ValueError("cuda_graph='on' needs CUDA tensors")
-        return False
-    return not torch.cuda.is_current_stream_capturing()
+        mode = "auto" if mode else "off"
+    if mode not in GRAPH_MODES:
+        raise ValueError(f"cuda_graph must be one of {GRAPH_MODES} or a bool, got {mode!r}")
+    if device.type != "cuda" or torch.cuda.is_current_stream_capturing():
+        return "off"
+    return mode
+
+
+def _side_stream(device: torch.device) -> "torch.cuda.Stream":
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SIDE_STREAMS:
+        _SIDE_STREAMS[index] = torch.cuda.Stream(device=index)
+    return _SIDE_STREAMS[index]
 
 
 class StepRunner:
-    """Calls ``step`` (a function of no arguments that only mutates preallocated
-    tensors); on CUDA the calls after the first replay one captured graph."""
+    """Calls ``step`` (no arguments; it only mutates preallocated tensors).
 
-    def __init__(self, step: Callable[[], None], use_graph: bool):
+    On CUDA with ``use_graph`` the first call runs eagerly on the side stream,
+    the second is captured and every call from then on replays the graph.
+    """
+
+    def __init__(self, step: Callable[[], None], use_graph: bool, device: torch.device | None = None):
         self.step = step
         self.use_graph = use_graph
         self.calls = 0
         self.graph: torch.cuda.CUDAGraph | None = None
+        self.stream = _side_stream(device) if use_graph and device is not None else None
+        if use_graph and self.stream is None:
+            self.stream = _side_stream(torch.device("cuda"))
 
     def __call__(self) -> None:
         self.calls += 1
-        if not self.use_graph or self.calls == 1:
+        if not self.use_graph:
             self.step()
             return
-        if self.graph is None:
-            self.graph = self._capture()
-        self.graph.replay()
-
-    def _capture(self) -> "torch.cuda.CUDAGraph":
-        graph = torch.cuda.CUDAGraph()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            graph.capture_begin(capture_error_mode="thread_local")
-            try:
+        if self.graph is not None:
+            self.graph.replay()
+            return
+        main = torch.cuda.current_stream()
+        self.stream.wait_stream(main)
+        with torch.cuda.stream(self.stream):
+            if self.calls == 1:
                 self.step()
-            finally:
-                graph.capture_end()
-        torch.cuda.current_stream().wait_stream(side)
-        return graph
+            else:
+                graph = torch.cuda.CUDAGraph()
+                graph.capture_begin(capture_error_mode="thread_local")
+                try:
+                    self.step()
+                finally:
+                    graph.capture_end()
+                self.graph = graph
+        main.wait_stream(self.stream)
+        if self.graph is not None:
+            self.graph.replay()

@@ -33,7 +33,7 @@ from deqbench.deq import BackwardConfig, _ImplicitGradient, attach_gradient
 from deqbench.jacobian import hutchinson_jacobian_loss
 from deqbench.projections import Projection, make_projection
 from deqbench.solvers import make_solver
-from deqbench.graphs import GraphMode, StepRunner, want_graph
+from deqbench.graphs import GraphMode, StepRunner, graph_mode
 from deqbench.solvers.base import check_positive_int, check_range, relative_residual
 from deqbench.state import State, StateSpec, spec_of
 
@@ -214,17 +214,26 @@ class _Augmented:
         self.f, self.cost, self.zspec, self.xspec, self.cfg, self.proj = f, cost, zspec, xspec, cfg, proj
         self.dz, self.dx = zspec.dim, xspec.dim
 
+    def alpha_x(self, k: Tensor) -> Tensor | float:
+        """a_x at iteration ``k``, computed on the device (no host read of k)."""
+        cfg = self.cfg
+        if cfg.alpha_x_switch is None:
+            return float(cfg.alpha[2])
+        return torch.where(k >= cfg.alpha_x_switch, cfg.alpha_x_late, cfg.alpha[2])
+
     def split(self, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return v[:, : self.dz], v[:, self.dz : 2 * self.dz], v[:, 2 * self.dz :]
 
     def pack(self, z: Tensor, mu: Tensor, x: Tensor) -> Tensor:
         return torch.cat((z, mu, x), dim=1)
 
-    def __call__(self, v: Tensor, k: int) -> tuple[Tensor, Tensor]:
-        """Returns F(v) and the per-sample cost l(z) at v."""
+    def __call__(self, v: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        """Returns F(v) and the per-sample cost l(z) at v; ``k`` is the on-device iteration count."""
         a_z, a_mu, _ = self.cfg.alpha
-        a_x = self.cfg.alpha_x_at(k)
         z, mu, x = self.split(v)
+        a_x = self.alpha_x(k)
+        if isinstance(a_x, Tensor):
+            a_x = a_x.to(x.dtype)
         with torch.enable_grad():
             z_req = z.detach().requires_grad_()
             x_req = x.detach().requires_grad_()
@@ -335,15 +344,26 @@ def jiio(
                 v_next[:, x_part] = proj(v_next[:, x_part])
             v.copy_(v_next)
 
-        runner = StepRunner(bookkeeping, want_graph(cfg.cuda_graph, v.device))
-        for k in range(cfg.max_iter):
-            new_v, c = aug(v, k)
+        def evaluate() -> None:
+            new_v, c = aug(v, k_dev)
             fv.copy_(new_v)
             cost_now.copy_(c)
-            if k + 1 < cfg.max_iter:
-                runner()
-            else:
+
+        def iteration() -> None:
+            evaluate()
+            bookkeeping()
+
+        mode = graph_mode(cfg.cuda_graph, v.device)
+        full = mode == "full"
+        runner = StepRunner(iteration if full else bookkeeping, mode != "off", v.device)
+        for k in range(cfg.max_iter):
+            if k + 1 == cfg.max_iter:
+                evaluate()
                 record()
+                break
+            if not full:
+                evaluate()
+            runner()
         z_star, mu_star, x_star = (t.clone() for t in aug.split(best_v))
 
     result = JIIOResult(

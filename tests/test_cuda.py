@@ -27,7 +27,9 @@ def test_graph_replay_matches_eager(method, options):
     torch.backends.cudnn.deterministic = True
     f, z0 = _conv_problem()
     eager = solve(f, z0, method=method, max_iter=25, tol=0, cuda_graph="off", **options)
-    graph = solve(f, z0, method=method, max_iter=25, tol=0, cuda_graph="on", **options)
+    graph = solve(f, z0, method=method, max_iter=25, tol=0, cuda_graph="auto", **options)
+    full = solve(f, z0, method=method, max_iter=25, tol=0, cuda_graph="full", **options)
+    assert torch.allclose(full.z, eager.z, rtol=1e-4, atol=1e-5)
     assert torch.allclose(graph.z, eager.z, rtol=1e-4, atol=1e-5)
     assert torch.allclose(graph.trace, eager.trace, rtol=1e-3, atol=1e-6)
     assert torch.equal(graph.best_iteration, eager.best_iteration)
@@ -57,8 +59,42 @@ def test_jiio_graph_matches_eager_and_does_not_sync():
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
-            graph = jiio(model.layer_fn(images), model.cost_fn(labels), model.z0(images), torch.zeros_like(images), cuda_graph="on", **kwargs)
+            graph = jiio(model.layer_fn(images), model.cost_fn(labels), model.z0(images), torch.zeros_like(images), cuda_graph="auto", **kwargs)
         finally:
             torch.cuda.set_sync_debug_mode("default")
     assert torch.allclose(graph.x, eager.x, rtol=1e-3, atol=1e-4)
     assert torch.allclose(graph.cost, eager.cost, rtol=1e-3, atol=1e-4)
+
+
+def test_full_capture_matches_eager_for_mdeq_solve_and_jiio():
+    from deqbench.models.mdeq import MDEQClassifier, MDEQConfig
+
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    model = MDEQClassifier(MDEQConfig(channels=(8, 8), expansion=2, fuse_groups=4, head_channels=(4, 8), final_channels=32)).cuda().eval()
+    images = torch.rand(6, 1, 12, 12, device="cuda")
+    labels = torch.randint(0, 10, (6,), device="cuda")
+    with torch.no_grad():
+        inj = model.inject(images)
+        results = [solve(lambda z: model.layer(z, inj), model.z0(images), method="broyden", max_iter=12, tol=0, cuda_graph=m) for m in ("off", "full")]
+    for a, b in zip(results[0].z, results[1].z):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+    kwargs = dict(max_iter=20, alpha=(0.8, 0.6, 0.6), alpha_x_late=0.2, alpha_x_switch=10, solver_options={"m": 8, "kind": "I"},
+                  projection="l2", eps=1.0, normalized_step=True)
+    with torch.no_grad():
+        eager = jiio(model.layer_fn(images), model.cost_fn(labels), model.z0(images), torch.zeros_like(images), cuda_graph="off", **kwargs)
+        full = jiio(model.layer_fn(images), model.cost_fn(labels), model.z0(images), torch.zeros_like(images), cuda_graph="full", **kwargs)
+    assert torch.allclose(full.x, eager.x, rtol=1e-3, atol=1e-4)
+    assert torch.allclose(full.trace_cost, eager.trace_cost, rtol=1e-3, atol=1e-4)
+
+
+def test_repeated_graph_solves_do_not_leak_memory():
+    f, z0 = _conv_problem()
+    for _ in range(3):
+        solve(f, z0, method="anderson", max_iter=10, tol=0, cuda_graph="full", m=5)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    for _ in range(50):
+        solve(f, z0, method="anderson", max_iter=10, tol=0, cuda_graph="full", m=5)
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_allocated() - before < 64 * 2**20

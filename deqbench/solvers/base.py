@@ -9,7 +9,7 @@ from typing import Any, Callable, ClassVar, Literal
 import torch
 from torch import Tensor
 
-from deqbench.graphs import GraphMode, StepRunner, want_graph
+from deqbench.graphs import GraphMode, StepRunner, graph_mode
 from deqbench.state import State, flat_map, spec_of
 
 StopMode = Literal["rel", "abs"]
@@ -139,8 +139,9 @@ def solve(
     iterations (and only then) it reads one boolean from the device to stop
     early when every sample's residual is <= ``tol``; ``tol=0`` never checks
     and runs exactly ``max_iter`` evaluations.  On CUDA the per-iteration
-    bookkeeping is replayed as a CUDA graph (``cuda_graph="auto"``); f itself
-    always runs eagerly.  Gradients are not tracked.
+    bookkeeping is replayed as a CUDA graph (``cuda_graph="auto"``), or the
+    whole iteration including f (``"full"``, for capturable f; see
+    :mod:`deqbench.graphs`).  Gradients are not tracked.
     """
     check_positive_int("max_iter", max_iter)
     check_positive_int("check_every", check_every)
@@ -162,14 +163,22 @@ def solve(
             tracker.record(x, relative_residual(fx, g, tracker.trace.dtype, stop_mode))
             x.copy_(solver.step(state, x, fx, g))
 
-        runner = StepRunner(bookkeeping, want_graph(cuda_graph, x.device))
+        def iteration() -> None:
+            fx.copy_(fn(x))
+            bookkeeping()
+
+        mode = graph_mode(cuda_graph, x.device)
+        full = mode == "full"
+        runner = StepRunner(iteration if full else bookkeeping, mode != "off", x.device)
         nfe = 0
         for k in range(max_iter):
-            fx.copy_(fn(x))
             nfe += 1
             if k + 1 == max_iter:
+                fx.copy_(fn(x))
                 tracker.record(x, relative_residual(fx, fx - x, tracker.trace.dtype, stop_mode))
                 break
+            if not full:
+                fx.copy_(fn(x))
             runner()
             if tol > 0 and (k + 1) % check_every == 0:
                 if bool((tracker.best_residual <= tol).all()):  # the only host sync, every check_every steps

@@ -112,8 +112,9 @@ def forward_kwargs(profile: dict[str, Any]) -> dict[str, Any]:
         "max_iter": max_iter,
         "tol": tol,
         "solver_options": rest,
+        "cuda_graph": profile["cuda_graph"],
         "backward": "ift",
-        "backward_options": {"method": b_method, "max_iter": b_iter, "tol": b_tol, **b_rest},
+        "backward_options": {"method": b_method, "max_iter": b_iter, "tol": b_tol, "cuda_graph": profile["cuda_graph"], **b_rest},
     }
 
 
@@ -145,7 +146,7 @@ def pgd_perturbation(model: MDEQClassifier, images: Tensor, labels: Tensor, prof
         projection=cfg["norm"],
         eps=eps,
         normalized_step=True,
-        forward={"solver": fwd["solver"], "max_iter": fwd["max_iter"], "tol": fwd["tol"], "solver_options": fwd["solver_options"]},
+        forward={k: fwd[k] for k in ("solver", "max_iter", "tol", "solver_options", "cuda_graph")},
         backward_options=fwd["backward_options"],
     )
     return result.x.detach()
@@ -182,6 +183,7 @@ def jio_attack(
         normalized_step=True,
         selection=cfg["selection"],
         backward="mu",
+        cuda_graph=profile["cuda_graph"],
         **options,
     )
 
