@@ -131,7 +131,9 @@ def solve_adjoint(
         tol=cfg.tol,
         stop_mode=cfg.stop_mode,  # type: ignore[arg-type]
         check_every=cfg.check_every,
-        cuda_graph=cfg.cuda_graph,  # type: ignore[arg-type]
+        # The VJP replays a graph that autograd recorded outside any capture, on the stream of the forward
+        # pass, so it cannot join a capture on the side stream: at most the bookkeeping is captured.
+        cuda_graph="auto" if cfg.cuda_graph == "full" else cfg.cuda_graph,  # type: ignore[arg-type]
         **cfg.solver_options,
     )
     return result.z, result  # type: ignore[return-value]

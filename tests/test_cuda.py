@@ -98,3 +98,19 @@ def test_repeated_graph_solves_do_not_leak_memory():
         solve(f, z0, method="anderson", max_iter=10, tol=0, cuda_graph="full", m=5)
     torch.cuda.synchronize()
     assert torch.cuda.memory_allocated() - before < 64 * 2**20
+
+
+def test_full_capture_in_pgd_with_implicit_backward():
+    from deqbench.baselines import pgd
+    from deqbench.models.mdeq import MDEQClassifier, MDEQConfig
+
+    model = MDEQClassifier(MDEQConfig(channels=(8, 8), expansion=2, fuse_groups=4, head_channels=(4, 8), final_channels=32)).cuda().eval()
+    images = torch.rand(6, 1, 12, 12, device="cuda")
+    labels = torch.randint(0, 10, (6,), device="cuda")
+    out = {}
+    for mode in ("off", "full"):
+        fwd = {"solver": "broyden", "max_iter": 8, "tol": 0.0, "cuda_graph": mode}
+        bwd = {"method": "broyden", "max_iter": 8, "tol": 0.0, "cuda_graph": mode}
+        out[mode] = pgd(model.layer_fn(images), model.cost_fn(labels), model.z0(images), torch.zeros_like(images),
+                        steps=3, forward=fwd, backward_options=bwd)
+    assert torch.allclose(out["full"].x, out["off"].x, rtol=1e-3, atol=1e-4)
