@@ -22,6 +22,12 @@ Modes (``cuda_graph=``):
 
 All captures and their warm-ups run on one side stream per device, so library
 workspaces (cuBLAS, cuSOLVER) are allocated once, outside any graph's pool.
+All graphs share one memory pool per device: a solve's graph lives only for
+that solve and solves never overlap in time (a solve nested inside another's
+f runs eagerly during capture), so each capture reuses the memory of the dead
+ones.  With a private pool per graph, PyTorch keeps every dead graph's
+segments reserved: 20 PGD steps reserved 9 GiB on an H100 and training ran
+out of memory.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ GraphMode = Literal["auto", "full", "off"]
 GRAPH_MODES = ("auto", "full", "off")
 
 _SIDE_STREAMS: dict[int, "torch.cuda.Stream"] = {}
+_POOLS: dict[int, tuple[int, int]] = {}
 
 
 def graph_mode(mode: GraphMode | bool, device: torch.device) -> str:
@@ -51,7 +58,12 @@ def _side_stream(device: torch.device) -> "torch.cuda.Stream":
     index = device.index if device.index is not None else torch.cuda.current_device()
     if index not in _SIDE_STREAMS:
         _SIDE_STREAMS[index] = torch.cuda.Stream(device=index)
+        _POOLS[index] = torch.cuda.graph_pool_handle()
     return _SIDE_STREAMS[index]
+
+
+def _pool(stream: "torch.cuda.Stream") -> tuple[int, int]:
+    return _POOLS[stream.device.index if stream.device.index is not None else torch.cuda.current_device()]
 
 
 class StepRunner:
@@ -85,7 +97,7 @@ class StepRunner:
                 self.step()
             else:
                 graph = torch.cuda.CUDAGraph()
-                graph.capture_begin(capture_error_mode="thread_local")
+                graph.capture_begin(pool=_pool(self.stream), capture_error_mode="thread_local")
                 try:
                     self.step()
                 finally:

@@ -93,11 +93,13 @@ def test_repeated_graph_solves_do_not_leak_memory():
     for _ in range(3):
         solve(f, z0, method="anderson", max_iter=10, tol=0, cuda_graph="full", m=5)
     torch.cuda.synchronize()
-    before = torch.cuda.memory_allocated()
+    before = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
     for _ in range(50):
         solve(f, z0, method="anderson", max_iter=10, tol=0, cuda_graph="full", m=5)
+        solve(f, z0, method="broyden", max_iter=10, tol=0, cuda_graph="auto", memory=5)
     torch.cuda.synchronize()
-    assert torch.cuda.memory_allocated() - before < 64 * 2**20
+    assert torch.cuda.memory_allocated() - before[0] < 64 * 2**20
+    assert torch.cuda.memory_reserved() - before[1] < 64 * 2**20
 
 
 def test_full_capture_in_pgd_with_implicit_backward():
