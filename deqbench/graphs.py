@@ -41,6 +41,9 @@ GRAPH_MODES = ("auto", "full", "off")
 
 _SIDE_STREAMS: dict[int, "torch.cuda.Stream"] = {}
 _POOLS: dict[int, tuple[int, int]] = {}
+# The first graph captured in a device's pool is kept (never replayed again) so that the pool outlives every
+# later graph: PyTorch frees a pool when its last graph dies and a freed pool's handle cannot be reused.
+_POOL_ANCHORS: dict[int, "torch.cuda.CUDAGraph"] = {}
 
 
 def graph_mode(mode: GraphMode | bool, device: torch.device) -> str:
@@ -62,8 +65,8 @@ def _side_stream(device: torch.device) -> "torch.cuda.Stream":
     return _SIDE_STREAMS[index]
 
 
-def _pool(stream: "torch.cuda.Stream") -> tuple[int, int]:
-    return _POOLS[stream.device.index if stream.device.index is not None else torch.cuda.current_device()]
+def _device_index(stream: "torch.cuda.Stream") -> int:
+    return stream.device.index if stream.device.index is not None else torch.cuda.current_device()
 
 
 class StepRunner:
@@ -97,12 +100,14 @@ class StepRunner:
                 self.step()
             else:
                 graph = torch.cuda.CUDAGraph()
-                graph.capture_begin(pool=_pool(self.stream), capture_error_mode="thread_local")
+                index = _device_index(self.stream)
+                graph.capture_begin(pool=_POOLS[index], capture_error_mode="thread_local")
                 try:
                     self.step()
                 finally:
                     graph.capture_end()
                 self.graph = graph
+                _POOL_ANCHORS.setdefault(index, graph)
         main.wait_stream(self.stream)
         if self.graph is not None:
             self.graph.replay()
