@@ -33,10 +33,10 @@ def data(profile):
     return prepared
 
 
-def test_prepared_data_is_labelled_as_stand_in(data):
+def test_prepared_data_is_labelled_as_stand_in(profile, data):
     assert data["meta"]["stand_in_for"] == "mnist"
     assert "embedded stand-in" in adv.data_source_label(data["meta"])
-    assert data["train"]["images"].shape[-1] == 12
+    assert data["train"]["images"].shape[-1] == profile["datasets"]["mnist"]["image_size"]
 
 
 def test_training_resumes_from_partial_checkpoint(profile, data, tmp_path, monkeypatch):
