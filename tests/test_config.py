@@ -27,7 +27,8 @@ def test_shipped_profiles_resolve(params, name):
 
 def test_inheritance_overrides_nested_keys_only(params):
     paper, embedded = resolve_profile(params, "paper"), resolve_profile(params, "embedded")
-    assert embedded["train"]["jac_reg"] == paper["train"]["jac_reg"]  # inherited
+    assert embedded["train"]["jac_probes"] == paper["train"]["jac_probes"]  # inherited
+    assert embedded["attack"]["jio"]["alpha"] == paper["attack"]["jio"]["alpha"]  # inherited
     assert embedded["train"]["batch_size"] != paper["train"]["batch_size"]  # overridden
     assert config_hash(paper) != config_hash(embedded)
 
