@@ -47,8 +47,9 @@ CostFn = Callable[[State], Tensor]
 class SelectionPolicy:
     """Decides, per sample and iteration, whether the current iterate replaces the kept one.
 
-    ``accept(k, residual, cost)`` returns a (B,) bool mask and updates the
-    policy's own running bests.  Non-finite iterates are never accepted.
+    ``accept(k, residual, cost)`` (``k`` the on-device iteration count) returns a
+    (B,) bool mask and updates the policy's own running bests.  Non-finite
+    iterates are never accepted.
     """
 
     name: ClassVar[str] = "base"
@@ -57,8 +58,14 @@ class SelectionPolicy:
         self.best_residual = torch.full((batch,), math.inf, device=device, dtype=dtype)
         self.best_cost = torch.full((batch,), math.inf, device=device, dtype=dtype)
 
-    def accept(self, k: int, residual: Tensor, cost: Tensor) -> Tensor:  # pragma: no cover
+    def accept(self, k: Tensor, residual: Tensor, cost: Tensor) -> Tensor:  # pragma: no cover
         raise NotImplementedError
+
+    def _keep(self, accept: Tensor, residual: Tensor, cost: Tensor) -> Tensor:
+        """Record the accepted samples' residual and cost as the running bests."""
+        torch.where(accept, cost, self.best_cost, out=self.best_cost)
+        torch.where(accept, residual, self.best_residual, out=self.best_residual)
+        return accept
 
 
 @dataclass
@@ -87,10 +94,7 @@ class LowestCostSelection(SelectionPolicy):
     name: ClassVar[str] = "lowest_cost"
 
     def accept(self, k: int, residual: Tensor, cost: Tensor) -> Tensor:
-        accept = (cost < self.best_cost) & torch.isfinite(residual)
-        torch.where(accept, cost, self.best_cost, out=self.best_cost)
-        torch.where(accept, residual, self.best_residual, out=self.best_residual)
-        return accept
+        return self._keep((cost < self.best_cost) & torch.isfinite(residual), residual, cost)
 
 
 @dataclass
@@ -100,10 +104,7 @@ class LowestResidualSelection(SelectionPolicy):
     name: ClassVar[str] = "lowest_residual"
 
     def accept(self, k: int, residual: Tensor, cost: Tensor) -> Tensor:
-        accept = (residual < self.best_residual) & torch.isfinite(cost)
-        torch.where(accept, cost, self.best_cost, out=self.best_cost)
-        torch.where(accept, residual, self.best_residual, out=self.best_residual)
-        return accept
+        return self._keep((residual < self.best_residual) & torch.isfinite(cost), residual, cost)
 
 
 @dataclass
@@ -113,10 +114,7 @@ class LastSelection(SelectionPolicy):
     name: ClassVar[str] = "last"
 
     def accept(self, k: int, residual: Tensor, cost: Tensor) -> Tensor:
-        accept = torch.isfinite(residual) & torch.isfinite(cost)
-        torch.where(accept, cost, self.best_cost, out=self.best_cost)
-        torch.where(accept, residual, self.best_residual, out=self.best_residual)
-        return accept
+        return self._keep(torch.isfinite(residual) & torch.isfinite(cost), residual, cost)
 
 
 SELECTION_POLICIES: dict[str, type[SelectionPolicy]] = {
