@@ -3,6 +3,7 @@
 #
 #   snakemake --cores 4 results/table5.csv                        # embedded profile (offline, CPU)
 #   snakemake --cores 4 results/table5.csv --config profile=paper # paper scale (GPU, torchvision data)
+#   snakemake --cores 4 results/table1.csv results/table3.csv results/table4.csv   # generative (section 4.1-4.2)
 
 from snakemake.utils import min_version
 
@@ -15,6 +16,7 @@ configfile: "params.yaml"
 include: "pipelines/common.smk"
 include: "pipelines/data.smk"
 include: "pipelines/adversarial.smk"
+include: "pipelines/generative.smk"
 
 
 rule all:
@@ -23,3 +25,8 @@ rule all:
         "results/table2.csv",
         "results/table5.csv",
         "results/table8.csv",
+        "results/table1.csv",
+        "results/table3.csv",
+        "results/table4.csv",
+        "results/memory.csv",
+        "results/figure3.png",

@@ -68,7 +68,7 @@ from torch import Tensor, nn
 from deqbench.deq import fixed_point
 from deqbench.norms import apply_weight_norm, reset_norms
 
-__all__ = ["MDEQConfig", "MDEQClassifier", "DEFAULT_BACKWARD_OPTIONS"]
+__all__ = ["MDEQConfig", "MDEQClassifier", "DEFAULT_BACKWARD_OPTIONS", "build_fusion", "mdeq_layer", "branch_sizes"]
 
 # Paper Table 9: backward quasi-Newton threshold T_b = 20 (run to the limit).
 DEFAULT_BACKWARD_OPTIONS: dict[str, Any] = {"method": "broyden", "max_iter": 20, "tol": 0.0}
@@ -225,6 +225,54 @@ class PostFuse(nn.Module):
         return self.gn(self.conv(F.relu(x)))
 
 
+def build_fusion(channels: Sequence[int], groups: int) -> nn.ModuleList:
+    """``fuse[j][i]`` brings branch i to branch j's scale (identity, Downsample or Upsample)."""
+    n = len(channels)
+    fuse = nn.ModuleList()
+    for j in range(n):  # output branch
+        row = nn.ModuleList()
+        for i in range(n):  # input branch
+            if i == j:
+                row.append(nn.Identity())
+            elif i < j:
+                row.append(Downsample(channels[i], channels[j], j - i, groups))
+            else:
+                row.append(Upsample(channels[i], channels[j], groups))
+        fuse.append(row)
+    return fuse
+
+
+def mdeq_layer(
+    blocks: nn.ModuleList, fuse: nn.ModuleList, post_fuse: nn.ModuleList,
+    z: Sequence[Tensor], injection: Sequence[Tensor],
+) -> tuple[Tensor, ...]:
+    """The MDEQ map f(z, injection): per-branch residual blocks, multiscale fusion, post-fusion."""
+    n = len(blocks)
+    if len(z) != n or len(injection) != n:
+        raise ValueError(f"z and injection need {n} branches, got {len(z)} and {len(injection)}")
+    x = [block(zi, inj) for block, zi, inj in zip(blocks, z, injection)]
+    out = []
+    for j in range(n):
+        size = (x[j].shape[2], x[j].shape[3])
+        y = x[j]
+        for i in range(n):
+            if i < j:
+                y = y + fuse[j][i](x[i])
+            elif i > j:
+                y = y + fuse[j][i](x[i], size)
+        out.append(post_fuse[j](y))
+    return tuple(out)
+
+
+def branch_sizes(height: int, width: int, branches: int) -> list[tuple[int, int]]:
+    """Spatial size (H_i, W_i) of every branch for a ``height x width`` branch 0."""
+    sizes = [(height, width)]
+    for _ in range(1, branches):
+        h, w = sizes[-1]
+        sizes.append((_down_size(h), _down_size(w)))
+    return sizes
+
+
 class Bottleneck(nn.Module):
     """Head bottleneck C -> 4h with a projection shortcut (GroupNorm instead of BatchNorm)."""
 
@@ -299,19 +347,7 @@ class MDEQClassifier(nn.Module):
             _conv3x3(c0, c0), nn.GroupNorm(gf, c0), nn.ReLU(),
         )
         self.blocks = nn.ModuleList(ResidualBlock(c, config.expansion, config.block_groups) for c in config.channels)
-        n = config.num_branches
-        fuse = nn.ModuleList()
-        for j in range(n):  # output branch
-            row = nn.ModuleList()
-            for i in range(n):  # input branch
-                if i == j:
-                    row.append(nn.Identity())
-                elif i < j:
-                    row.append(Downsample(config.channels[i], config.channels[j], j - i, gf))
-                else:
-                    row.append(Upsample(config.channels[i], config.channels[j], gf))
-            fuse.append(row)
-        self.fuse = fuse
+        self.fuse = build_fusion(config.channels, gf)
         self.post_fuse = nn.ModuleList(PostFuse(c, config.post_fuse_groups) for c in config.channels)
         self.head = ClassifierHead(config)
         normed = [conv for block in self.blocks for conv in (block.conv1, block.conv2)]
@@ -338,11 +374,7 @@ class MDEQClassifier(nn.Module):
 
     def branch_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
         """Spatial size (H_i, W_i) of every branch for a ``height x width`` input."""
-        sizes = [(height, width)]
-        for _ in range(1, self.config.num_branches):
-            h, w = sizes[-1]
-            sizes.append((_down_size(h), _down_size(w)))
-        return sizes
+        return branch_sizes(height, width, self.config.num_branches)
 
     def _check_images(self, images: Tensor) -> None:
         if images.dim() != 4 or images.shape[1] != self.config.in_channels:
@@ -369,21 +401,7 @@ class MDEQClassifier(nn.Module):
 
     def layer(self, z: Sequence[Tensor], injection: Sequence[Tensor]) -> tuple[Tensor, ...]:
         """The DEQ map f(z, injection): residual blocks, multiscale fusion, post-fusion."""
-        n = self.config.num_branches
-        if len(z) != n or len(injection) != n:
-            raise ValueError(f"z and injection need {n} branches, got {len(z)} and {len(injection)}")
-        x = [block(zi, inj) for block, zi, inj in zip(self.blocks, z, injection)]
-        out = []
-        for j in range(n):
-            size = (x[j].shape[2], x[j].shape[3])
-            y = x[j]
-            for i in range(n):
-                if i < j:
-                    y = y + self.fuse[j][i](x[i])
-                elif i > j:
-                    y = y + self.fuse[j][i](x[i], size)
-            out.append(self.post_fuse[j](y))
-        return tuple(out)
+        return mdeq_layer(self.blocks, self.fuse, self.post_fuse, z, injection)
 
     def logits(self, z: Sequence[Tensor]) -> Tensor:
         """Classifier head h(z) -> (B, num_classes)."""
