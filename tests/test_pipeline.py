@@ -42,6 +42,32 @@ def _check_adversarial_table(path: Path, datasets: list[str]) -> None:
     assert {(r["train_method"], r["test_method"]) for r in rows} == {(a, b) for a in ("clean", "pgd", "jio") for b in ("clean", "pgd", "jio")}
 
 
+def _check_generative_outputs(root: Path) -> None:
+    """Tables 1, 3, 4, memory and Figure 3 of the generative experiments (section 4.1-4.2)."""
+    table1 = list(csv.DictReader((root / "results/table1.csv").open()))
+    assert [r["model"] for r in table1] == ["VAE", "RAE", "MDEQ-VAE", "MDEQ-VAE (w/ JIIO)", "JIIO-MDEQ"]
+    for row in table1:
+        assert row["fid_reconstruction"] == "n/a" and "Inception weights not found" in row["fid_note"]  # offline
+        assert 5.0 < float(row["recon_median_psnr_01"]) < 60.0
+        assert row["paper_fid_reconstruction"] and "embedded stand-in" in row["data_source"]
+    prov = json.loads((root / "results/table1.provenance.json").read_text())
+    assert "Inception weights not found" in prov["inputs"]["fid"]["jiio_mdeq"]["generation"]
+    table4 = list(csv.DictReader((root / "results/table4.csv").open()))
+    assert len(table4) == 7 and {r["task"] for r in table4} == {"supervised", "unsupervised"}
+    for row in table4:
+        for problem in ("inpaint20", "denoise0.2", "denoise0.4"):
+            assert float(row[f"{problem}_median_psnr_01"]) > float(row[f"{problem}_psnr_reference_convention"])
+            assert row[f"{problem}_paper"]
+    table3 = list(csv.DictReader((root / "results/table3.csv").open()))
+    assert {r["method"] for r in table3} == {"adam40", "jiio40", "jiio100"}
+    assert all(float(r["ms_per_example"]) > 0 for r in table3)
+    memory = list(csv.DictReader((root / "results/memory.csv").open()))
+    assert {r["method"] for r in memory} == {"jiio40", "adam40"} and all("RSS" in r["measure"] for r in memory)
+    assert (root / "results/figure3.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    curves = list(csv.DictReader((root / "results/figure3.csv").open()))
+    assert {r["method"] for r in curves} == {"adam40", "jiio40", "jiio100"}
+
+
 @pytest.mark.slow
 def test_snakemake_pipeline_end_to_end(tmp_path):
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
@@ -56,6 +82,7 @@ def test_snakemake_pipeline_end_to_end(tmp_path):
     for key in ("git", "config_hash", "packages", "device", "seeds", "config"):
         assert key in prov
     assert prov["inputs"]["measured_on"][0]["type"] == "cpu"
+    _check_generative_outputs(tmp_path)
     # A second run has nothing to do.
     again = _snakemake(tmp_path, "--config", "profile=smoke", "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
@@ -89,6 +116,7 @@ def test_dvc_repro_rebuilds_the_tables(tmp_path):
     proc = subprocess.run([str(BIN / "dvc"), "repro"], cwd=work, capture_output=True, text=True, env=env, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     _check_adversarial_table(work / "results/table5.csv", ["mnist", "cifar10"])
+    _check_generative_outputs(work)
     assert (work / "dvc.lock").exists()
     status = subprocess.run([str(BIN / "dvc"), "status"], cwd=work, capture_output=True, text=True, env=env)
     assert "up to date" in status.stdout.lower(), status.stdout + status.stderr

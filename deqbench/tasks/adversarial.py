@@ -16,15 +16,13 @@ Command line (what the Snakemake rules call)::
 
 from __future__ import annotations
 
-import argparse
 import copy
 import math
-import random
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,7 +32,7 @@ from tqdm import tqdm
 
 from deqbench.baselines import pgd
 from deqbench.config import ConfigError, config_hash, load_profile
-from deqbench.data import DatasetNotFoundError, LabeledImages, load_dataset
+from deqbench.data import DatasetNotFoundError, load_dataset
 from deqbench.deq import fixed_point
 from deqbench.io import atomic_torch_save, atomic_write_json
 from deqbench.jacobian import hutchinson_jacobian_loss
@@ -42,22 +40,12 @@ from deqbench.jiio import JIIOResult, jiio
 from deqbench.models.mdeq import MDEQClassifier, MDEQConfig
 from deqbench.norms import reset_norms
 from deqbench.provenance import provenance, resolve_device
+from deqbench.tasks.common import (
+    DivergenceError, load_partial, load_prepared, save_partial, seed_everything, task_parser,
+)
 from deqbench.state import flat_map, spec_of
 
 METHODS = ("clean", "pgd", "jio")
-
-
-class DivergenceError(RuntimeError):
-    """A NaN/inf loss or equilibrium residual: the run stops instead of writing a table."""
-
-
-# ----------------------------------------------------------------------------- data and model
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def prepare_dataset(profile: dict[str, Any], dataset: str) -> dict[str, Any]:
@@ -263,20 +251,8 @@ def train(
     if tcfg["max_steps"] is not None:
         total = min(total, tcfg["max_steps"])
     chash = config_hash(profile)
-    step, history = 0, []
     partial = Path(partial_path)
-    if partial.exists():
-        state = torch.load(partial, map_location=device, weights_only=False)
-        if state.get("config_hash") == chash and state.get("key") == run.key:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            step, history = state["step"], state["history"]
-            torch.set_rng_state(state["rng"]["torch"])
-            if device.type == "cuda" and state["rng"].get("cuda") is not None:
-                torch.cuda.set_rng_state(state["rng"]["cuda"])
-            print(f"resuming {run.key} from step {step} ({partial})", file=sys.stderr)
-        else:
-            print(f"ignoring stale partial checkpoint {partial} (different config)", file=sys.stderr)
+    step, history = load_partial(partial, run.key, chash, model, optimizer, device)
     model.train()
     bar = tqdm(total=total, initial=step, desc=f"train {run.key}", disable=not progress, unit="step")
     start = time.perf_counter()
@@ -303,9 +279,7 @@ def train(
             bar.set_postfix(loss=f"{entry['loss']:.3f}", res=f"{entry['residual']:.1e}")
         bar.update(1)
         if step % tcfg["checkpoint_every"] == 0 and step < total:
-            rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None}
-            atomic_torch_save(partial, {"key": run.key, "config_hash": chash, "model": model.state_dict(),
-                                        "optimizer": optimizer.state_dict(), "step": step, "history": history, "rng": rng})
+            save_partial(partial, run.key, chash, model, optimizer, step, history, device)
     bar.close()
     summary = {
         "key": run.key,
@@ -457,17 +431,8 @@ def time_attacks(
 # ----------------------------------------------------------------------------- command line
 
 
-def _load_prepared(path: str | Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=False)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deqbench.tasks.adversarial", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--profile", default=None, help="profile name (default: params.yaml's `profile`)")
-    parser.add_argument("--no-progress", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser, sub = task_parser("python -m deqbench.tasks.adversarial", __doc__)
     p = sub.add_parser("prepare")
     p.add_argument("--dataset", required=True)
     p.add_argument("--out", required=True)
@@ -503,15 +468,15 @@ def main(argv: list[str] | None = None) -> int:
                   f"test {len(prepared['test']['labels'])}, {prepared['image_size']}px -> {args.out}")
         elif args.command == "train":
             run = TrainRun(profile, args.dataset, args.method, args.eps, args.seed)
-            summary = train(run, _load_prepared(args.data), args.out, args.partial, device, progress)
+            summary = train(run, load_prepared(args.data), args.out, args.partial, device, progress)
             print(f"trained {summary['key']}: {summary['steps']} steps in {summary['train_seconds']:.1f} s")
         elif args.command == "evaluate":
-            result = evaluate(profile, args.dataset, args.checkpoint, _load_prepared(args.data), args.eps, device, progress)
+            result = evaluate(profile, args.dataset, args.checkpoint, load_prepared(args.data), args.eps, device, progress)
             result["provenance"] = provenance(profile, device, seeds=[result["train"]["seed"]])
             atomic_write_json(args.out, result)
             print(f"{args.checkpoint}: {result['accuracy']}")
         elif args.command == "timing":
-            data = _load_prepared(args.data)
+            data = load_prepared(args.data)
             rows = time_attacks(profile, data, device, progress)
             out = {"rows": rows, "data_source": data_source_label(data["meta"]), "provenance": provenance(profile, device, seeds=[0])}
             atomic_write_json(args.out, out)

@@ -24,7 +24,6 @@ Command line (what the Snakemake rules call)::
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -49,12 +48,14 @@ from deqbench.density import DensityConfig, PosthocDensity
 from deqbench.inverse import InverseProblem, corrupt, masked_sq_error
 from deqbench.io import atomic_torch_save, atomic_write_json
 from deqbench.jiio import JIIOResult, jiio
-from deqbench.metrics import compute_fid, median_psnr, psnr_per_image, reference_batch_psnr
+from deqbench.metrics import compute_fid, median_psnr, reference_batch_psnr
 from deqbench.models.conv_ae import ConvAEConfig, ConvAutoencoder
 from deqbench.models.mdeq import MDEQConfig
 from deqbench.models.mdeq_generator import MDEQAutoencoder, MDEQGenerator, MDEQGeneratorConfig
 from deqbench.provenance import provenance, resolve_device
-from deqbench.tasks.adversarial import DivergenceError, seed_everything
+from deqbench.tasks.common import (
+    DivergenceError, load_partial, load_prepared, save_partial, seed_everything, task_parser,
+)
 
 MODELS = ("jiio40", "jiio100", "mdeq_vae", "mdeq_ae", "vae", "rae", "ae")
 JIIO_MODELS = {"jiio40": 40, "jiio100": 100}
@@ -261,18 +262,8 @@ def train(run: TrainRun, data: dict[str, Any], out_path: str | Path, partial_pat
     steps_per_epoch = max(n // batch, 1)
     total = tcfg["steps"] if problem.kind == "none" else tcfg["inverse_steps"]
     chash = config_hash(profile)
-    step, history = 0, []
     partial = Path(partial_path)
-    if partial.exists():
-        state = torch.load(partial, map_location=device, weights_only=False)
-        if state.get("config_hash") == chash and state.get("key") == run.key:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            step, history = state["step"], state["history"]
-            torch.set_rng_state(state["rng"]["torch"])
-            print(f"resuming {run.key} from step {step} ({partial})", file=sys.stderr)
-        else:
-            print(f"ignoring stale partial checkpoint {partial} (different config)", file=sys.stderr)
+    step, history = load_partial(partial, run.key, chash, model, optimizer, device)
     model.train()
     bar = tqdm(total=total, initial=step, desc=f"train {run.key}", disable=not progress, unit="step")
     start = time.perf_counter()
@@ -304,9 +295,7 @@ def train(run: TrainRun, data: dict[str, Any], out_path: str | Path, partial_pat
             bar.set_postfix(loss=f"{entry['loss']:.4f}", mse=f"{entry['mse']:.4f}")
         bar.update(1)
         if step % tcfg["checkpoint_every"] == 0 and step < total:
-            atomic_torch_save(partial, {"key": run.key, "config_hash": chash, "model": model.state_dict(),
-                                        "optimizer": optimizer.state_dict(), "step": step, "history": history,
-                                        "rng": {"torch": torch.get_rng_state()}})
+            save_partial(partial, run.key, chash, model, optimizer, step, history, device)
     bar.close()
     summary = {"key": run.key, "model": run.model, "problem": run.problem, "seed": run.seed, "steps": step,
                "train_seconds": time.perf_counter() - start, "history": history,
@@ -516,7 +505,18 @@ def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
     return time.perf_counter() - t0, out
 
 
-def time_methods(profile: dict[str, Any], checkpoint: str, data: dict[str, Any], device: torch.device,
+def timing_model(profile: dict[str, Any], checkpoint: str | None, channels: int, device: torch.device
+                 ) -> tuple[MDEQGenerator, dict[str, Any]]:
+    """The trained JIIO-MDEQ of ``checkpoint``, or (None) a freshly initialised one (seed 0): Adam and JIIO run
+    fixed iteration counts, so their time and memory do not depend on the weights (Figure 3's costs do)."""
+    if checkpoint is not None:
+        return load_checkpoint(profile, checkpoint, device)
+    seed_everything(0)
+    model = build_model(profile, "jiio40", channels).to(device).eval()
+    return model, {"name": "jiio40", "summary": {"key": "untrained (seed 0)", "seed": 0}}
+
+
+def time_methods(profile: dict[str, Any], checkpoint: str | None, data: dict[str, Any], device: torch.device,
                  progress: bool) -> dict[str, Any]:
     """Adam-40 vs JIIO-40 vs JIIO-100 reconstruction, side by side in one process, per batch size (Table 3).
 
@@ -525,7 +525,7 @@ def time_methods(profile: dict[str, Any], checkpoint: str, data: dict[str, Any],
     measured median call time: every iteration does the same work).
     """
     g, cfg = profile["generative"], profile["generative"]["timing"]
-    model, state = load_checkpoint(profile, checkpoint, device)
+    model, state = timing_model(profile, checkpoint, data["test"].shape[1], device)
     test = _test_images(data, profile)
     methods = {"adam40": ("adam", g["adam"]["steps"]), "jiio40": ("jiio", 40), "jiio100": ("jiio", g["jiio"]["test_iterations"])}
     rows, curves = [], []
@@ -569,7 +569,7 @@ def time_methods(profile: dict[str, Any], checkpoint: str, data: dict[str, Any],
     return {"rows": rows, "figure3": curves, "model": state["name"], "train": state["summary"]}
 
 
-def measure_memory(profile: dict[str, Any], params_path: str, checkpoint: str, data_path: str,
+def measure_memory(profile: dict[str, Any], params_path: str, checkpoint: str | None, data_path: str,
                    device: torch.device) -> list[dict[str, Any]]:
     """Peak working memory of JIIO-40 vs Adam-40 at ``timing.memory_batch`` (appendix C.6).
 
@@ -583,7 +583,8 @@ def measure_memory(profile: dict[str, Any], params_path: str, checkpoint: str, d
             rows.append(_memory_probe(profile, checkpoint, data_path, method, device))
         else:
             cmd = [sys.executable, "-m", "deqbench.tasks.generative", "--params", params_path, "--profile", profile["name"],
-                   "--no-progress", "memory-probe", "--data", data_path, "--checkpoint", checkpoint, "--method", method]
+                   "--no-progress", "memory-probe", "--data", data_path, "--method", method]
+            cmd += ["--checkpoint", checkpoint] if checkpoint is not None else []
             out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     return rows
@@ -605,11 +606,13 @@ def _rss_bytes(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def _memory_probe(profile: dict[str, Any], checkpoint: str, data_path: str, method: str, device: torch.device) -> dict[str, Any]:
+def _memory_probe(profile: dict[str, Any], checkpoint: str | None, data_path: str, method: str, device: torch.device,
+                  adam_steps: int | None = None) -> dict[str, Any]:
+    """Peak memory of one reconstruction; ``adam_steps`` shortens Adam (its peak is reached in the first step)."""
     g = profile["generative"]
     batch = g["timing"]["memory_batch"]
-    model, _ = load_checkpoint(profile, checkpoint, device)
-    test = _test_images(torch.load(data_path, map_location="cpu", weights_only=False), profile)
+    test = _test_images(load_prepared(data_path), profile)
+    model, _ = timing_model(profile, checkpoint, test.shape[1], device)
     clean = to_model_range(test[:batch], device)
     if clean.shape[0] < batch:
         clean = clean.repeat((batch + clean.shape[0] - 1) // clean.shape[0], 1, 1, 1)[:batch]
@@ -625,7 +628,7 @@ def _memory_probe(profile: dict[str, Any], checkpoint: str, data_path: str, meth
         if method == "jiio40":
             jiio_reconstruct(model, clean, None, profile, 40)
         else:
-            adam_reconstruct_deq(model, clean, None, profile, g["adam"]["steps"])
+            adam_reconstruct_deq(model, clean, None, profile, adam_steps or g["adam"]["steps"])
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         peak, kind = torch.cuda.max_memory_allocated(device) - before, "cuda peak allocated above pre-call"
@@ -635,23 +638,15 @@ def _memory_probe(profile: dict[str, Any], checkpoint: str, data_path: str, meth
         else:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
             kind = "cpu growth of the process's peak RSS (child process; no VmHWM reset on this OS, underestimates)"
-    return {"method": method, "batch_size": batch, "peak_bytes": int(peak), "peak_gib": peak / 2**30, "measure": kind}
+    return {"method": method, "batch_size": batch, "peak_bytes": int(peak), "peak_gib": peak / 2**30, "measure": kind,
+            "adam_steps": adam_steps or g["adam"]["steps"]}
 
 
 # ----------------------------------------------------------------------------- command line
 
 
-def _load(path: str | Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=False)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deqbench.tasks.generative", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--profile", default=None, help="profile name (default: params.yaml's `profile`)")
-    parser.add_argument("--no-progress", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser, sub = task_parser("python -m deqbench.tasks.generative", __doc__)
     p = sub.add_parser("prepare")
     p.add_argument("--out", required=True)
     p = sub.add_parser("train")
@@ -668,12 +663,16 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("table4-cell")
     for name in ("--data", "--row", "--problem", "--checkpoint", "--out"):
         p.add_argument(name, required=True)
+    untrained = "trained JIIO-MDEQ checkpoint (default: a fresh seed-0 model; fixed iteration counts make timing weight-independent)"
     p = sub.add_parser("timing")
-    for name in ("--data", "--checkpoint", "--out"):
+    for name in ("--data", "--out"):
         p.add_argument(name, required=True)
+    p.add_argument("--checkpoint", default=None, help=untrained)
     p = sub.add_parser("memory-probe")
-    for name in ("--data", "--checkpoint", "--method"):
+    for name in ("--data", "--method"):
         p.add_argument(name, required=True)
+    p.add_argument("--checkpoint", default=None, help=untrained)
+    p.add_argument("--adam-steps", type=int, default=None, help="shorter Adam run (its peak is reached in step 1)")
     args = parser.parse_args(argv)
     try:
         profile = load_profile(args.params, args.profile)
@@ -687,15 +686,15 @@ def main(argv: list[str] | None = None) -> int:
                   f"test {prepared['test'].shape[0]}, {prepared['image_size']}px -> {args.out}")
         elif args.command == "train":
             run = TrainRun(profile, args.model, args.problem, args.seed)
-            summary = train(run, _load(args.data), args.out, args.partial, device, progress)
+            summary = train(run, load_prepared(args.data), args.out, args.partial, device, progress)
             print(f"trained {summary['key']}: {summary['steps']} steps in {summary['train_seconds']:.1f} s")
         elif args.command == "density":
-            out = fit_density(profile, args.checkpoint, _load(args.data), device, progress)
+            out = fit_density(profile, args.checkpoint, load_prepared(args.data), device, progress)
             out["provenance"] = provenance(profile, device)
             atomic_torch_save(args.out, out)
             print(f"density for {args.checkpoint}: {out['describe']}")
         elif args.command == "table1-cell":
-            data = _load(args.data)
+            data = load_prepared(args.data)
             out = table1_cell(args.row, profile, args.checkpoint, args.density, data, device, progress)
             grid = out.pop("sample_grid", None)
             if grid is not None:
@@ -705,14 +704,14 @@ def main(argv: list[str] | None = None) -> int:
             atomic_write_json(args.out, out)
             print(f"{args.row}: PSNR {out['reconstruction']['median_psnr_01']:.2f} dB")
         elif args.command == "table4-cell":
-            data = _load(args.data)
+            data = load_prepared(args.data)
             out = table4_cell(args.row, args.problem, profile, args.checkpoint, data, device, progress)
             out["data_source"] = data_source_label(data["meta"])
             out["provenance"] = provenance(profile, device, seeds=[out["train"]["seed"]])
             atomic_write_json(args.out, out)
             print(f"{args.row} {args.problem}: median PSNR {out['median_psnr_01']:.2f} dB")
         elif args.command == "timing":
-            data = _load(args.data)
+            data = load_prepared(args.data)
             out = time_methods(profile, args.checkpoint, data, device, progress)
             out["memory"] = measure_memory(profile, args.params, args.checkpoint, args.data, device)
             out["data_source"] = data_source_label(data["meta"])
@@ -721,7 +720,7 @@ def main(argv: list[str] | None = None) -> int:
             for row in out["rows"]:
                 print(f"{row['method']} batch {row['batch_size']}: {row['ms_per_example']:.2f} ms/example")
         elif args.command == "memory-probe":
-            print(json.dumps(_memory_probe(profile, args.checkpoint, args.data, args.method, device)))
+            print(json.dumps(_memory_probe(profile, args.checkpoint, args.data, args.method, device, args.adam_steps)))
     except (ConfigError, DatasetNotFoundError, DivergenceError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
