@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from deqbench.config import ConfigError, config_hash, load_profile
-from deqbench.io import atomic_write_text
+from deqbench.io import atomic_write_json, atomic_write_text
+from deqbench.provenance import provenance
 from deqbench.tables import paper_tables, write_table
 
 TABLE1_LABEL = {"vae": "VAE", "rae": "RAE", "mdeq_vae": "MDEQ-VAE", "mdeq_vae_jiio": "MDEQ-VAE (w/ JIIO)",
@@ -93,10 +94,11 @@ def table3(profile: dict[str, Any], timing_file: str) -> tuple[list[dict[str, An
     device = _device_name(result["provenance"])
     rows = [{"method": r["method"], "iterations": r["iterations"], "batch_size": r["batch_size"],
              "ms_per_example": r["ms_per_example"], "ms_per_call": r["ms_per_call"],
-             "adam40_over_this": r["adam40_over_this"], "returned_cost_mean": r["returned_cost_mean"],
-             "paper_ms_batch1": reference[r["method"]], "device": device, "profile": profile["name"],
+             "adam_over_this": r["adam_over_this"], "returned_cost_mean": r["returned_cost_mean"],
+             "paper_ms_batch1": reference.get(r["method"]), "device": device, "profile": profile["name"],
              "data_source": result["data_source"]} for r in result["rows"]]
-    return rows, {"timing_file": timing_file, "measured_on": [result["provenance"]["device"]], "seeds": [0]}
+    return rows, {"timing_file": timing_file, "measured_on": [result["provenance"]["device"]],
+                  "seeds": [result.get("seed", 0)]}
 
 
 def memory_table(profile: dict[str, Any], timing_file: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -114,7 +116,8 @@ def memory_table(profile: dict[str, Any], timing_file: str) -> tuple[list[dict[s
 
 
 def figure3(profile: dict[str, Any], timing_file: str, out_png: str) -> None:
-    """Reconstruction cost against wall-clock time, Adam vs JIIO (Figure 3), with its data as CSV beside it."""
+    """Reconstruction cost against wall-clock time, Adam vs JIIO, one panel per trained model (Figure 3), with its
+    data as CSV and a provenance JSON beside it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -123,21 +126,24 @@ def figure3(profile: dict[str, Any], timing_file: str, out_png: str) -> None:
     result = json.loads(Path(timing_file).read_text())
     curves = result["figure3"]
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["method", "iteration", "seconds", "cost_mean", "batch_size"], lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=["panel", "method", "iteration", "seconds", "cost_mean", "batch_size"],
+                            lineterminator="\n")
     writer.writeheader()
     writer.writerows(curves)
+    panels = list(dict.fromkeys(c["panel"] for c in curves))
     png = Path(out_png)
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    # JIIO-40's curve is the start of JIIO-100's: draw it dashed on top so both stay visible.
-    styles = {"adam40": {"lw": 1.5}, "jiio40": {"lw": 2.0, "ls": "--", "zorder": 3}, "jiio100": {"lw": 1.0, "alpha": 0.8}}
-    for method in dict.fromkeys(c["method"] for c in curves):
-        pts = [c for c in curves if c["method"] == method]
-        ax.plot([p["seconds"] for p in pts], [p["cost_mean"] for p in pts], label=method, **styles.get(method, {}))
-    ax.set_xlabel("wall-clock time (s)")
-    ax.set_ylabel("reconstruction cost (sum of squares)")
-    ax.set_yscale("log")
-    ax.set_title(f"{profile['name']}: {result['data_source']}\n{_device_name(result['provenance'])}", fontsize=8)
-    ax.legend()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        for method in dict.fromkeys(c["method"] for c in curves if c["panel"] == panel):
+            pts = [c for c in curves if c["panel"] == panel and c["method"] == method]
+            ax.plot([p["seconds"] for p in pts], [p["cost_mean"] for p in pts], label=method,
+                    lw=1.5 if method.startswith("adam") else 1.2)
+        ax.set_xlabel("wall-clock time (s)")
+        ax.set_ylabel("reconstruction cost (sum of squares)")
+        ax.set_yscale("log")
+        ax.set_title(panel, fontsize=9)
+        ax.legend()
+    fig.suptitle(f"profile {profile['name']}: {result['data_source']}; {_device_name(result['provenance'])}", fontsize=8)
     fig.tight_layout()
     tmp = png.with_name(f".{png.name}.tmp.png")
     png.parent.mkdir(parents=True, exist_ok=True)
@@ -145,13 +151,16 @@ def figure3(profile: dict[str, Any], timing_file: str, out_png: str) -> None:
     plt.close(fig)
     tmp.replace(png)
     atomic_write_text(png.with_suffix(".csv"), buffer.getvalue())
+    atomic_write_json(png.with_name(png.stem + ".provenance.json"),
+                      provenance(profile, "cpu", seeds=[result.get("seed", 0)], figure="figure3",
+                                 inputs={"timing_file": timing_file, "measured_on": [result["provenance"]["device"]]}))
 
 
 T1_COLS = ["model", "fid_generation", "fid_reconstruction", "recon_median_psnr_01", "recon_psnr_reference_convention",
            "paper_fid_generation", "paper_fid_reconstruction", "fid_note", "profile", "data_source"]
 T1_HEAD = ["model", "FID gen.", "FID recon.", "recon. median PSNR [0,1] (dB)", "recon. PSNR ref. convention (dB)",
            "paper FID gen. (reference)", "paper FID recon. (reference)", "FID note", "profile", "data"]
-T3_COLS = ["method", "iterations", "batch_size", "ms_per_example", "ms_per_call", "adam40_over_this", "returned_cost_mean",
+T3_COLS = ["method", "iterations", "batch_size", "ms_per_example", "ms_per_call", "adam_over_this", "returned_cost_mean",
            "paper_ms_batch1", "device", "profile", "data_source"]
 MEM_COLS = ["method", "batch_size", "peak_gib", "jiio_over_adam", "measure", "paper_gb", "device", "profile", "data_source"]
 

@@ -110,8 +110,16 @@ def test_checkpoints_refuse_a_different_configuration(profile, faces, tmp_path):
     model, state = task.load_checkpoint(profile, tmp_path / "ae.pt", cpu)
     assert state["name"] == "ae" and not model.training
     other = load_profile("params.yaml", "embedded")
-    with pytest.raises(ConfigError, match="different configuration"):
+    with pytest.raises(ConfigError, match="different training settings"):
         task.load_checkpoint(other, tmp_path / "ae.pt", cpu)
+    # Evaluation, timing and adversarial settings are not training settings: the checkpoint stays valid.
+    edited = {**profile, "description": "edited", "generative": {**profile["generative"],
+              "eval": {**profile["generative"]["eval"], "limit": 3}}}
+    task.load_checkpoint(edited, tmp_path / "ae.pt", cpu)
+    retrained = {**profile, "generative": {**profile["generative"],
+                 "train": {**profile["generative"]["train"], "lr": 0.5}}}
+    with pytest.raises(ConfigError, match="different training settings"):
+        task.load_checkpoint(retrained, tmp_path / "ae.pt", cpu)
 
 
 def test_jiio_training_step_and_table4_cell(profile, faces, tmp_path):
@@ -124,3 +132,45 @@ def test_jiio_training_step_and_table4_cell(profile, faces, tmp_path):
     assert cell["n_images"] == profile["generative"]["eval"]["limit"]
     assert cell["median_psnr_01"] > cell["reference_batch_psnr"]["median"]  # [0,1] range: ~6 dB higher
     json.dumps(cell)
+
+
+def test_adam_baseline_computes_the_injection_once_per_solve(profile, monkeypatch):
+    """The latent maps are evaluated once per forward solve (x is fixed within it), not once per iteration."""
+    model = task.build_model(profile, "jiio40", 1).eval()
+    calls = {"n": 0}
+    inject = model.inject
+
+    def counting(latent):
+        calls["n"] += 1
+        return inject(latent)
+
+    monkeypatch.setattr(model, "inject", counting)
+    observed = torch.rand(2, 1, 16, 16) * 2 - 1
+    steps = 3
+    result = task.adam_reconstruct_deq(model, observed, None, profile, steps)
+    forward_iterations = profile["generative"]["solver"]["forward"]["max_iter"]
+    assert result.nfe == steps * forward_iterations
+    assert calls["n"] <= 2 * steps  # one no-grad solve and one differentiable attach per step
+
+
+def test_flip_augmentation_differs_between_batches_of_an_epoch(profile, faces, tmp_path, monkeypatch):
+    """Each batch gets its own random flips (a per-step reseed once gave every batch of an epoch the same pattern)."""
+    seen = []
+
+    def record(model, run, clean, observed, mask, kl_scale):
+        seen.append(clean.clone())
+        loss = sum(p.sum() for p in model.parameters()) * 0.0
+        return loss, loss.detach(), loss.detach()
+
+    monkeypatch.setattr(task, "_train_step", record)
+    train = {**profile["generative"]["train"], "batch_size": 40}
+    smoke = {**profile, "generative": {**profile["generative"], "train": train}}
+    task.train(task.TrainRun(smoke, "ae", "denoise0.2", 0), faces, tmp_path / "f.pt", tmp_path / "f.partial",
+               torch.device("cpu"), progress=False)
+    originals = task.to_model_range(faces["train"], torch.device("cpu"))
+
+    def flip_pattern(batch_images):
+        return [not any(torch.equal(img, o) for o in originals) for img in batch_images]
+
+    first, second = flip_pattern(seen[0]), flip_pattern(seen[1])
+    assert 5 < sum(first) < 35 and first != second

@@ -58,14 +58,18 @@ def _check_generative_outputs(root: Path) -> None:
         for problem in ("inpaint20", "denoise0.2", "denoise0.4"):
             assert float(row[f"{problem}_median_psnr_01"]) > float(row[f"{problem}_psnr_reference_convention"])
             assert row[f"{problem}_paper"]
+    gen = yaml.safe_load((REPO / "params.yaml").read_text())["profiles"]["smoke"]["generative"]
+    names = {f"adam{gen['adam']['steps']}", "jiio40", f"jiio{gen['jiio']['test_iterations']}"}  # counts actually run
     table3 = list(csv.DictReader((root / "results/table3.csv").open()))
-    assert {r["method"] for r in table3} == {"adam40", "jiio40", "jiio100"}
+    assert {r["method"] for r in table3} == names
     assert all(float(r["ms_per_example"]) > 0 for r in table3)
     memory = list(csv.DictReader((root / "results/memory.csv").open()))
     assert {r["method"] for r in memory} == {"jiio40", "adam40"} and all("RSS" in r["measure"] for r in memory)
     assert (root / "results/figure3.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     curves = list(csv.DictReader((root / "results/figure3.csv").open()))
-    assert {r["method"] for r in curves} == {"adam40", "jiio40", "jiio100"}
+    assert {r["method"] for r in curves} == names
+    assert {r["panel"] for r in curves} == {"model trained with JIIO-40", "model trained with JIIO-100"}
+    assert json.loads((root / "results/figure3.provenance.json").read_text())["figure"] == "figure3"
 
 
 @pytest.mark.slow

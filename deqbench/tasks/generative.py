@@ -6,7 +6,9 @@ Models (``--model``), each trained for one problem (``--problem``):
   100 JIIO iterations in the inner loop; on ``reconstruct`` the inner and outer
   costs are the reconstruction error (eq. 20, backward by eq. 19); on an inverse
   problem the inner cost is ``||A y - A h(z)||^2`` and the outer loss the error
-  to the clean image (eq. 24, backward by an IFT adjoint solve);
+  to the clean image (eq. 24, backward by an IFT adjoint solve over z with x*
+  held constant: like the reference code, no gradient flows through the argmin
+  over x, a Danskin-style shortcut);
 * ``mdeq_vae`` (ELBO) and ``mdeq_ae`` (supervised, eq. 23): MDEQ encoder + MDEQ decoder;
 * ``vae``, ``rae``, ``ae``: the convolutional baselines of Ghosh et al. 2020.
 
@@ -50,7 +52,7 @@ from deqbench.io import atomic_torch_save, atomic_write_json
 from deqbench.jiio import JIIOResult, jiio
 from deqbench.metrics import compute_fid, median_psnr, reference_batch_psnr
 from deqbench.models.conv_ae import ConvAEConfig, ConvAutoencoder
-from deqbench.models.mdeq import MDEQConfig
+from deqbench.models.mdeq import MDEQConfig, mdeq_layer
 from deqbench.models.mdeq_generator import MDEQAutoencoder, MDEQGenerator, MDEQGeneratorConfig
 from deqbench.provenance import provenance, resolve_device
 from deqbench.tasks.common import (
@@ -166,11 +168,25 @@ def jiio_reconstruct(
                 observed.new_zeros(b, gen.config.latent_dim), backward=backward, **opts)
 
 
+def _cached_injection_layer(gen: MDEQGenerator) -> Callable[[Any, Tensor], Any]:
+    """f(z, x) that computes the latent injection once per solve (x is fixed within a forward solve), as a plain
+    DEQ decoder does; recomputing the 31.7 M-parameter latent maps every iteration would slow the Adam baseline."""
+    cache: dict[str, Any] = {}
+
+    def layer(z: Any, latent: Tensor) -> Any:
+        key = (id(latent), latent._version, torch.is_grad_enabled())
+        if cache.get("key") != key or cache.get("latent") is not latent:
+            cache.update(key=key, latent=latent, injection=gen.inject(latent))
+        return mdeq_layer(gen.blocks, gen.fuse, gen.post_fuse, z, cache["injection"])
+
+    return layer
+
+
 def adam_reconstruct_deq(gen: MDEQGenerator, observed: Tensor, mask: Tensor | None, profile: dict[str, Any], steps: int):
     """The Adam baseline on the MDEQ decoder's latent (eq. 21): each step a forward solve and an IFT backward."""
     gen.prepare()
     b = observed.shape[0]
-    return adam(gen.layer, gen.cost_fn(observed, mask), gen.z0(b, observed), observed.new_zeros(b, gen.config.latent_dim),
+    return adam(_cached_injection_layer(gen), gen.cost_fn(observed, mask), gen.z0(b, observed), observed.new_zeros(b, gen.config.latent_dim),
                 steps=steps, lr=profile["generative"]["adam"]["lr"], forward={**forward_options(profile), "cuda_graph": profile["cuda_graph"]},
                 backward_options=backward_options(profile))
 
@@ -188,8 +204,7 @@ def adam_reconstruct_explicit(decode: Callable[[Tensor], Tensor], latent_dim: in
         with torch.enable_grad():
             images = decode(latent)
             cost = masked_sq_error(images, observed, mask if mask is not None else observed.new_ones(()))
-            opt.zero_grad(set_to_none=True)
-            cost.sum().backward()
+            (latent.grad,) = torch.autograd.grad(cost.sum(), latent)  # only the latent: no grads left on the decoder
         c = cost.detach()
         trace[:, k] = c
         better = c < best_cost
@@ -212,6 +227,21 @@ class TrainRun:
     @property
     def key(self) -> str:
         return f"{self.model}_{self.problem}_seed{self.seed}"
+
+
+def train_hash(profile: dict[str, Any], model: str, problem: str) -> str:
+    """Hash of exactly the settings that training ``model`` on ``problem`` reads, so editing evaluation or timing
+    settings (or the adversarial experiments) does not invalidate trained checkpoints."""
+    g = profile["generative"]
+    keys = {k: g[k] for k in ("dataset", "flip", "generator", "solver", "train")}
+    keys["jiio"] = {k: v for k, v in g["jiio"].items() if k != "test_iterations"}
+    if model in ("mdeq_vae", "mdeq_ae"):
+        keys["encoder"] = g["encoder"]
+    if model in ("vae", "rae", "ae"):
+        keys["conv_ae"] = g["conv_ae"]
+    keys["problem"] = g["problems"].get(problem, problem)
+    keys["model"], keys["data_root"] = model, profile["data_root"]
+    return config_hash(keys)
 
 
 def _lr_at(step: int, total: int, lr: float, lr_min: float) -> float:
@@ -261,7 +291,7 @@ def train(run: TrainRun, data: dict[str, Any], out_path: str | Path, partial_pat
     batch = min(tcfg["batch_size"], n)
     steps_per_epoch = max(n // batch, 1)
     total = tcfg["steps"] if problem.kind == "none" else tcfg["inverse_steps"]
-    chash = config_hash(profile)
+    chash = train_hash(profile, run.model, run.problem)
     partial = Path(partial_path)
     step, history = load_partial(partial, run.key, chash, model, optimizer, device)
     model.train()
@@ -271,11 +301,11 @@ def train(run: TrainRun, data: dict[str, Any], out_path: str | Path, partial_pat
         epoch, offset = divmod(step, steps_per_epoch)
         gen = torch.Generator().manual_seed(run.seed * 1000003 + epoch)
         order = torch.randperm(n, generator=gen)
-        idx = order[offset * batch:(offset + 1) * batch]
-        clean = to_model_range(train_images[idx], device)
+        flips = torch.rand(n, generator=gen) < 0.5  # one draw per epoch: each batch gets its own slice
+        batch_slice = slice(offset * batch, (offset + 1) * batch)
+        clean = to_model_range(train_images[order[batch_slice]], device)
         if profile["generative"]["flip"]:
-            flip = torch.rand(len(idx), generator=gen) < 0.5
-            clean = torch.where(flip.to(device).view(-1, 1, 1, 1), clean.flip(-1), clean)
+            clean = torch.where(flips[batch_slice].to(device).view(-1, 1, 1, 1), clean.flip(-1), clean)
         noise_gen = torch.Generator(device=device).manual_seed(run.seed * 7919 + step)
         observed, mask = corrupt(problem, clean, noise_gen)
         mask = None if problem.kind != "inpaint" else mask
@@ -322,8 +352,9 @@ def parse_problem(profile: dict[str, Any], name: str) -> InverseProblem:
 
 def load_checkpoint(profile: dict[str, Any], path: str | Path, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
     state = torch.load(path, map_location=device, weights_only=False)
-    if state.get("config_hash") != config_hash(profile):
-        raise ConfigError(f"{path} was trained with a different configuration than profile {profile['name']!r}; retrain it")
+    if state.get("config_hash") != train_hash(profile, state["name"], state["problem"]):
+        raise ConfigError(f"{path} was trained with different training settings than profile {profile['name']!r} "
+                          f"has now; retrain it")
     model = build_model(profile, state["name"], state["channels"]).to(device)
     model.load_state_dict(state["model"])
     model.eval()
@@ -406,12 +437,13 @@ def fit_density(profile: dict[str, Any], checkpoint: str, data: dict[str, Any], 
                 progress: bool) -> dict[str, Any]:
     model, state = load_checkpoint(profile, checkpoint, device)
     latents = training_latents(model, state["name"], data, profile, device, progress)
-    spec = {k: v for k, v in profile["generative"]["density"].items() if k != "max_latents"}
+    spec = {k: v for k, v in profile["generative"]["density"].items() if k not in ("max_latents", "rae_gmm_components")}
     if state["name"] not in JIIO_MODELS:
-        spec["aux_vae"] = False  # Ghosh et al.: ex-post GMM directly on the deterministic codes
+        # Ghosh et al.: ex-post GMM directly on the deterministic codes, with their component count.
+        spec.update(aux_vae=False, gmm_components=profile["generative"]["density"]["rae_gmm_components"])
     density = PosthocDensity.fit(latents, DensityConfig.from_mapping(spec), progress=progress)
     return {"density": density.state_dict(), "describe": density.describe(), "model": state["name"],
-            "n_latents": int(latents.shape[0]), "config_hash": config_hash(profile)}
+            "n_latents": int(latents.shape[0]), "train_hash": state["config_hash"]}
 
 
 def table1_cell(row: str, profile: dict[str, Any], checkpoint: str, density_path: str | None, data: dict[str, Any],
@@ -432,6 +464,9 @@ def table1_cell(row: str, profile: dict[str, Any], checkpoint: str, density_path
                            "reconstruction": _psnr(recon_t, clean_all, profile),
                            "fid_reconstruction": _fid(profile, clean_all, recon_t, device)}
     samples = sample_images(row, model, profile, density_path, device, progress)
+    if density_path is not None:
+        dens = torch.load(density_path, map_location="cpu", weights_only=False)
+        out["density"] = {"describe": dens["describe"], "n_latents": dens["n_latents"], "fitted_on": dens["model"]}
     if samples is not None:
         out["fid_generation"] = _fid(profile, clean_all, samples, device)
         out["n_generated"] = int(samples.shape[0])
@@ -516,57 +551,93 @@ def timing_model(profile: dict[str, Any], checkpoint: str | None, channels: int,
     return model, {"name": "jiio40", "summary": {"key": "untrained (seed 0)", "seed": 0}}
 
 
+def _batch_of(test: Tensor, batch: int, device: torch.device) -> Tensor:
+    """The first ``batch`` test images in the model range, repeated when the test set is smaller."""
+    clean = to_model_range(test[:batch], device)
+    if clean.shape[0] < batch:
+        clean = clean.repeat((batch + clean.shape[0] - 1) // clean.shape[0], 1, 1, 1)[:batch]
+    return clean
+
+
+def _time_side_by_side(model: MDEQGenerator, clean: Tensor, profile: dict[str, Any], methods: dict[str, tuple[str, int]],
+                       device: torch.device, progress: bool, desc: str) -> dict[str, dict[str, Any]]:
+    """Median time, cost trace and returned cost of each method, interleaved repeat by repeat."""
+    cfg = profile["generative"]["timing"]
+
+    def run(kind: str, iters: int) -> tuple[Tensor, Tensor]:
+        with torch.no_grad():
+            if kind == "jiio":
+                res = jiio_reconstruct(model, clean, None, profile, iters)
+            else:
+                res = adam_reconstruct_deq(model, clean, None, profile, iters)
+        return res.trace_cost, res.cost
+
+    out: dict[str, dict[str, Any]] = {m: {"samples": []} for m in methods}
+    for _ in range(cfg["warmup"]):
+        for kind, iters in methods.values():
+            run(kind, iters)
+    for _ in tqdm(range(cfg["repeats"]), desc=desc, disable=not progress):
+        for name, (kind, iters) in methods.items():
+            seconds, (out[name]["trace"], out[name]["returned"]) = _timed(lambda: run(kind, iters), device)
+            out[name]["samples"].append(seconds)
+    for name in methods:
+        out[name]["median"] = float(np.median(out[name]["samples"]))
+    return out
+
+
+def _curves(panel: str, result: dict[str, dict[str, Any]], methods: dict[str, tuple[str, int]], batch: int) -> list[dict[str, Any]]:
+    curves = []
+    for name, (_, iters) in methods.items():
+        cost = result[name]["trace"].mean(0).cpu()
+        for k in range(iters):
+            curves.append({"panel": panel, "method": name, "iteration": k + 1,
+                           "seconds": result[name]["median"] * (k + 1) / iters, "cost_mean": float(cost[k]),
+                           "batch_size": batch})
+    return curves
+
+
 def time_methods(profile: dict[str, Any], checkpoint: str | None, data: dict[str, Any], device: torch.device,
-                 progress: bool) -> dict[str, Any]:
+                 progress: bool, checkpoint100: str | None = None) -> dict[str, Any]:
     """Adam-40 vs JIIO-40 vs JIIO-100 reconstruction, side by side in one process, per batch size (Table 3).
 
-    Also returns Figure 3's data: the per-sample reconstruction cost after each
-    iteration against wall-clock time (time of iteration k = (k + 1) / K of the
-    measured median call time: every iteration does the same work).
+    Also returns Figure 3's data: the mean reconstruction cost after each
+    iteration against wall-clock time (iteration k at (k + 1) / K of the
+    measured median run time: every iteration does the same work), Adam vs
+    JIIO-40 on the model trained with 40 JIIO iterations and, when
+    ``checkpoint100`` is given, Adam vs JIIO-100 on the model trained with 100
+    (the paper's two panels).  Method names carry the iteration counts used.
     """
     g, cfg = profile["generative"], profile["generative"]["timing"]
+    if cfg["trace_batch"] not in cfg["batch_sizes"]:
+        raise ConfigError(f"generative.timing.trace_batch={cfg['trace_batch']} is not in generative.timing.batch_sizes "
+                          f"{cfg['batch_sizes']}")
     model, state = timing_model(profile, checkpoint, data["test"].shape[1], device)
     test = _test_images(data, profile)
-    methods = {"adam40": ("adam", g["adam"]["steps"]), "jiio40": ("jiio", 40), "jiio100": ("jiio", g["jiio"]["test_iterations"])}
+    adam_name, test_name = f"adam{g['adam']['steps']}", f"jiio{g['jiio']['test_iterations']}"
+    methods = {adam_name: ("adam", g["adam"]["steps"]), "jiio40": ("jiio", 40), test_name: ("jiio", g["jiio"]["test_iterations"])}
     rows, curves = [], []
     for batch in cfg["batch_sizes"]:
-        clean = to_model_range(test[:batch], device)
-        if clean.shape[0] < batch:
-            clean = clean.repeat((batch + clean.shape[0] - 1) // clean.shape[0], 1, 1, 1)[:batch]
-
-        def run(kind: str, iters: int) -> tuple[Tensor, Tensor]:
-            with torch.no_grad():
-                if kind == "jiio":
-                    res = jiio_reconstruct(model, clean, None, profile, iters)
-                else:
-                    res = adam_reconstruct_deq(model, clean, None, profile, iters)
-            return res.trace_cost, res.cost
-
-        samples: dict[str, list[float]] = {m: [] for m in methods}
-        traces: dict[str, Tensor] = {}
-        returned: dict[str, Tensor] = {}
-        for _ in range(cfg["warmup"]):
-            for kind, iters in methods.values():
-                run(kind, iters)
-        for _ in tqdm(range(cfg["repeats"]), desc=f"timing batch {batch}", disable=not progress):
-            for name, (kind, iters) in methods.items():
-                seconds, (traces[name], returned[name]) = _timed(lambda: run(kind, iters), device)
-                samples[name].append(seconds)
-        med = {m: float(np.median(v)) for m, v in samples.items()}
+        result = _time_side_by_side(model, _batch_of(test, batch, device), profile, methods, device, progress,
+                                    f"timing batch {batch}")
         for name, (kind, iters) in methods.items():
-            rows.append({"method": name, "iterations": iters, "batch_size": batch, "ms_per_call": 1e3 * med[name],
-                         "ms_per_example": 1e3 * med[name] / batch, "repeats": cfg["repeats"],
-                         "samples_ms": [1e3 * s for s in samples[name]],
-                         "returned_cost_mean": float(returned[name].mean()),
-                         "last_iterate_cost_mean": float(traces[name][:, -1].mean()),
-                         "adam40_over_this": med["adam40"] / med[name]})
+            r = result[name]
+            rows.append({"method": name, "iterations": iters, "batch_size": batch, "ms_per_call": 1e3 * r["median"],
+                         "ms_per_example": 1e3 * r["median"] / batch, "repeats": cfg["repeats"],
+                         "samples_ms": [1e3 * t for t in r["samples"]],
+                         "returned_cost_mean": float(r["returned"].mean()),
+                         "last_iterate_cost_mean": float(r["trace"][:, -1].mean()),
+                         "adam_over_this": result[adam_name]["median"] / r["median"]})
         if batch == cfg["trace_batch"]:
-            for name, (kind, iters) in methods.items():
-                cost = traces[name].mean(0).cpu()
-                for k in range(iters):
-                    curves.append({"method": name, "iteration": k + 1, "seconds": med[name] * (k + 1) / iters,
-                                   "cost_mean": float(cost[k]), "batch_size": batch})
-    return {"rows": rows, "figure3": curves, "model": state["name"], "train": state["summary"]}
+            panel = {k: methods[k] for k in (adam_name, "jiio40")}
+            curves += _curves("model trained with JIIO-40", result, panel, batch)
+    if checkpoint100 is not None:
+        model100, _ = load_checkpoint(profile, checkpoint100, device)
+        panel = {adam_name: methods[adam_name], test_name: methods[test_name]}
+        result = _time_side_by_side(model100, _batch_of(test, cfg["trace_batch"], device), profile, panel, device,
+                                    progress, "figure 3, model trained with JIIO-100")
+        curves += _curves("model trained with JIIO-100", result, panel, cfg["trace_batch"])
+    return {"rows": rows, "figure3": curves, "model": state["name"], "train": state["summary"],
+            "seed": state["summary"]["seed"]}
 
 
 def measure_memory(profile: dict[str, Any], params_path: str, checkpoint: str | None, data_path: str,
@@ -585,7 +656,9 @@ def measure_memory(profile: dict[str, Any], params_path: str, checkpoint: str | 
             cmd = [sys.executable, "-m", "deqbench.tasks.generative", "--params", params_path, "--profile", profile["name"],
                    "--no-progress", "memory-probe", "--data", data_path, "--method", method]
             cmd += ["--checkpoint", checkpoint] if checkpoint is not None else []
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
+            out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
+            if out.returncode != 0:
+                raise RuntimeError(f"memory probe for {method} failed (exit {out.returncode}):\n{out.stderr[-2000:]}")
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     return rows
 
@@ -668,6 +741,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("--data", "--out"):
         p.add_argument(name, required=True)
     p.add_argument("--checkpoint", default=None, help=untrained)
+    p.add_argument("--checkpoint100", default=None, help="model trained with JIIO-100, for Figure 3's second panel")
     p = sub.add_parser("memory-probe")
     for name in ("--data", "--method"):
         p.add_argument(name, required=True)
@@ -712,16 +786,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.row} {args.problem}: median PSNR {out['median_psnr_01']:.2f} dB")
         elif args.command == "timing":
             data = load_prepared(args.data)
-            out = time_methods(profile, args.checkpoint, data, device, progress)
+            out = time_methods(profile, args.checkpoint, data, device, progress, args.checkpoint100)
             out["memory"] = measure_memory(profile, args.params, args.checkpoint, args.data, device)
             out["data_source"] = data_source_label(data["meta"])
-            out["provenance"] = provenance(profile, device, seeds=[0])
+            out["provenance"] = provenance(profile, device, seeds=[out["seed"]])
             atomic_write_json(args.out, out)
             for row in out["rows"]:
                 print(f"{row['method']} batch {row['batch_size']}: {row['ms_per_example']:.2f} ms/example")
         elif args.command == "memory-probe":
             print(json.dumps(_memory_probe(profile, args.checkpoint, args.data, args.method, device, args.adam_steps)))
-    except (ConfigError, DatasetNotFoundError, DivergenceError, ValueError) as err:
+    except (ConfigError, DatasetNotFoundError, DivergenceError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0
