@@ -19,7 +19,7 @@ from typing import Any
 from deqbench.config import ConfigError, config_hash, load_profile
 from deqbench.io import atomic_write_json, atomic_write_text
 from deqbench.provenance import provenance
-from deqbench.tables import paper_tables, write_table
+from deqbench.tables import device_name, paper_tables, write_table
 
 TABLE1_LABEL = {"vae": "VAE", "rae": "RAE", "mdeq_vae": "MDEQ-VAE", "mdeq_vae_jiio": "MDEQ-VAE (w/ JIIO)",
                 "jiio_mdeq": "JIIO-MDEQ"}
@@ -38,8 +38,7 @@ def _fid_cell(fid: dict[str, Any] | None) -> tuple[Any, str]:
 
 
 def _device_name(prov: dict[str, Any]) -> str:
-    device = prov["device"]
-    return device.get("name") or f"cpu ({device.get('cpu')}, {device.get('threads')} threads)"
+    return device_name(prov["device"])
 
 
 def table1(profile: dict[str, Any], files: list[str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:

@@ -152,12 +152,12 @@ def corrupt(problem: InverseProblem, images: torch.Tensor,
     return images.clone(), mask
 
 
-def masked_sq_error(prediction: torch.Tensor, observed: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def masked_sq_error(prediction: torch.Tensor, observed: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Per-sample ``sum_{C,H,W} (mask * (prediction - observed))^2``, shape ``(B,)``.
 
     The inner cost ``||y_hat - A h(z)||^2`` of JIIO eq. 22 with ``A`` = the
     mask (inpainting) or the identity (denoising, mask of ones).  ``mask``
     broadcasts against ``prediction``, e.g. ``(B, 1, H, W)``.
     """
-    diff = mask * (prediction - observed)
+    diff = prediction - observed if mask is None else mask * (prediction - observed)
     return diff.square().flatten(1).sum(1)

@@ -39,6 +39,11 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def device_name(device: dict[str, Any]) -> str:
+    """A provenance device record as a table cell: the GPU name, or the CPU and its thread count."""
+    return device.get("name") or f"cpu ({device.get('cpu')}, {device.get('threads')} threads)"
+
+
 def _write_csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
@@ -121,11 +126,11 @@ def timing_table(profile: dict[str, Any], timing_file: str) -> tuple[list[dict[s
     result = json.loads(Path(timing_file).read_text())
     reference = paper_tables()["table2"]
     device = result["provenance"]["device"]
-    device_name = device.get("name") or f"cpu ({device.get('cpu')}, {device.get('threads')} threads)"
+    name = device_name(device)
     rows = []
     for row in result["rows"]:
         rows.append({**row, "paper_value_ms": reference[row["method"]], "paper_ratio": reference["pgd"] / reference["jio"],
-                     "device": device_name, "profile": profile["name"], "data_source": result["data_source"]})
+                     "device": name, "profile": profile["name"], "data_source": result["data_source"]})
     return rows, {"timing_file": timing_file, "measured_on": [device], "seeds": result["provenance"].get("seeds")}
 
 

@@ -185,8 +185,7 @@ class MDEQGenerator(nn.Module):
 
     def cost_fn(self, observed: Tensor, mask: Tensor | None = None) -> Callable[[Sequence[Tensor]], Tensor]:
         """Per-sample inner cost ``||mask * (h(z) - observed)||^2`` (eq. 20; eq. 22 with A = mask)."""
-        weight = mask if mask is not None else observed.new_ones(())
-        return lambda z: masked_sq_error(self.output(z), observed, weight)
+        return lambda z: masked_sq_error(self.output(z), observed, mask)
 
     def prepare(self) -> None:
         """Recompute the weight-normalised weights once for the coming solves (in the caller's grad mode)."""

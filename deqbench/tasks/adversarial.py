@@ -41,7 +41,7 @@ from deqbench.models.mdeq import MDEQClassifier, MDEQConfig
 from deqbench.norms import reset_norms
 from deqbench.provenance import provenance, resolve_device
 from deqbench.tasks.common import (
-    DivergenceError, load_partial, load_prepared, save_partial, seed_everything, task_parser,
+    DivergenceError, data_source_label, load_partial, load_prepared, save_partial, seed_everything, sync, task_parser,
 )
 from deqbench.state import flat_map, spec_of
 
@@ -61,12 +61,6 @@ def prepare_dataset(profile: dict[str, Any], dataset: str) -> dict[str, Any]:
         splits[split] = {"images": images.contiguous(), "labels": data.labels.clone()}
         meta = {"name": data.name, "source": data.source, "stand_in_for": data.stand_in_for, "num_classes": data.num_classes}
     return {"dataset": dataset, "image_size": size, "meta": meta, **splits}
-
-
-def data_source_label(meta: dict[str, Any]) -> str:
-    if meta.get("stand_in_for"):
-        return f"{meta['name']} (embedded stand-in for {meta['stand_in_for']})"
-    return meta["name"]
 
 
 def build_model(profile: dict[str, Any], dataset: str, in_channels: int, num_classes: int) -> MDEQClassifier:
@@ -365,11 +359,6 @@ def evaluate(
 # ----------------------------------------------------------------------------- timing (Table 2)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_attacks(
     profile: dict[str, Any],
     data: dict[str, Any],
@@ -408,10 +397,10 @@ def time_attacks(
             run_jio()
         for _ in tqdm(range(cfg["repeats"]), desc=f"timing batch {batch}", disable=not progress):
             for name, fn in (("pgd", run_pgd), ("jio", run_jio)):
-                _sync(device)
+                sync(device)
                 t0 = time.perf_counter()
                 fn()
-                _sync(device)
+                sync(device)
                 samples[name].append(time.perf_counter() - t0)
         med = {k: float(np.median(v)) for k, v in samples.items()}
         for name, iterations in (("pgd", profile["attack"]["pgd"]["steps"]), ("jio", profile["attack"]["jio"]["iterations"])):

@@ -18,6 +18,19 @@ class DivergenceError(RuntimeError):
     """A NaN/inf loss or equilibrium residual: the run stops instead of writing a table."""
 
 
+def data_source_label(meta: dict[str, Any]) -> str:
+    """How an output names its data: the dataset, and for an embedded stand-in what it stands in for."""
+    if meta.get("stand_in_for"):
+        return f"{meta['name']} (embedded stand-in for {meta['stand_in_for']})"
+    return meta["name"]
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued device work (timing boundaries only, never inside a solver loop)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

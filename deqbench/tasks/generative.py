@@ -56,7 +56,7 @@ from deqbench.models.mdeq import MDEQConfig, mdeq_layer
 from deqbench.models.mdeq_generator import MDEQAutoencoder, MDEQGenerator, MDEQGeneratorConfig
 from deqbench.provenance import provenance, resolve_device
 from deqbench.tasks.common import (
-    DivergenceError, load_partial, load_prepared, save_partial, seed_everything, task_parser,
+    DivergenceError, data_source_label, load_partial, load_prepared, save_partial, seed_everything, sync, task_parser,
 )
 
 MODELS = ("jiio40", "jiio100", "mdeq_vae", "mdeq_ae", "vae", "rae", "ae")
@@ -81,12 +81,6 @@ def prepare_faces(profile: dict[str, Any]) -> dict[str, Any]:
         meta = {"name": data.name, "source": data.source, "stand_in_for": data.stand_in_for}
     out["meta"] = meta
     return out
-
-
-def data_source_label(meta: dict[str, Any]) -> str:
-    if meta.get("stand_in_for"):
-        return f"{meta['name']} (embedded stand-in for {meta['stand_in_for']})"
-    return meta["name"]
 
 
 def to_model_range(images_uint8: Tensor, device: torch.device) -> Tensor:
@@ -203,7 +197,7 @@ def adam_reconstruct_explicit(decode: Callable[[Tensor], Tensor], latent_dim: in
     for k in range(steps):
         with torch.enable_grad():
             images = decode(latent)
-            cost = masked_sq_error(images, observed, mask if mask is not None else observed.new_ones(()))
+            cost = masked_sq_error(images, observed, mask)
             (latent.grad,) = torch.autograd.grad(cost.sum(), latent)  # only the latent: no grads left on the decoder
         c = cost.detach()
         trace[:, k] = c
@@ -399,10 +393,7 @@ def reconstruct_images(row: str, model: nn.Module, profile: dict[str, Any], obse
         if row == "mdeq_vae_jiio":
             res = jiio_reconstruct(model.decoder, observed, mask, profile, test_iters)
             return model.decoder.output(res.z)
-        if row in ("mdeq_vae",):
-            model.decoder.prepare()
-            return model.reconstruct(observed, forward_options(profile))
-        if row == "sup_mdeq_ae":
+        if row in ("mdeq_vae", "sup_mdeq_ae"):
             model.decoder.prepare()
             return model.reconstruct(observed, forward_options(profile))
         if row in ("vae", "rae", "sup_ae"):
@@ -463,10 +454,10 @@ def table1_cell(row: str, profile: dict[str, Any], checkpoint: str, density_path
     out: dict[str, Any] = {"table": "table1", "row": row, "model": state["name"], "train": state["summary"],
                            "reconstruction": _psnr(recon_t, clean_all, profile),
                            "fid_reconstruction": _fid(profile, clean_all, recon_t, device)}
-    samples = sample_images(row, model, profile, density_path, device, progress)
-    if density_path is not None:
-        dens = torch.load(density_path, map_location="cpu", weights_only=False)
+    dens = torch.load(density_path, map_location="cpu", weights_only=False) if density_path is not None else None
+    if dens is not None:
         out["density"] = {"describe": dens["describe"], "n_latents": dens["n_latents"], "fitted_on": dens["model"]}
+    samples = sample_images(row, model, profile, dens, device, progress)
     if samples is not None:
         out["fid_generation"] = _fid(profile, clean_all, samples, device)
         out["n_generated"] = int(samples.shape[0])
@@ -474,7 +465,7 @@ def table1_cell(row: str, profile: dict[str, Any], checkpoint: str, density_path
     return out
 
 
-def sample_images(row: str, model: nn.Module, profile: dict[str, Any], density_path: str | None,
+def sample_images(row: str, model: nn.Module, profile: dict[str, Any], dens: dict[str, Any] | None,
                   device: torch.device, progress: bool) -> Tensor | None:
     """Generated images: N(0, I) for the VAEs, the post-hoc density for RAE / JIIO-MDEQ, none for the w/ JIIO row."""
     if row == "mdeq_vae_jiio":
@@ -483,9 +474,8 @@ def sample_images(row: str, model: nn.Module, profile: dict[str, Any], density_p
     n = g["eval"]["generation_samples"]
     latent_dim = g["generator"]["latent_dim"]
     if row in ("rae", "jiio_mdeq"):
-        if density_path is None:
+        if dens is None:
             raise ConfigError(f"Table 1 row {row} samples from a post-hoc density: pass --density")
-        dens = torch.load(density_path, map_location="cpu", weights_only=False)
         latents = PosthocDensity.from_state_dict(dens["density"]).sample(n, seed=0)
     else:
         latents = torch.randn(n, latent_dim, generator=torch.Generator().manual_seed(0))
@@ -527,16 +517,11 @@ def table4_cell(row: str, problem_name: str, profile: dict[str, Any], checkpoint
 # ----------------------------------------------------------------------------- timing (Table 3, Figure 3, memory)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     out = fn()
-    _sync(device)
+    sync(device)
     return time.perf_counter() - t0, out
 
 
@@ -767,23 +752,21 @@ def main(argv: list[str] | None = None) -> int:
             out["provenance"] = provenance(profile, device)
             atomic_torch_save(args.out, out)
             print(f"density for {args.checkpoint}: {out['describe']}")
-        elif args.command == "table1-cell":
+        elif args.command in ("table1-cell", "table4-cell"):
             data = load_prepared(args.data)
-            out = table1_cell(args.row, profile, args.checkpoint, args.density, data, device, progress)
-            grid = out.pop("sample_grid", None)
-            if grid is not None:
-                atomic_torch_save(Path(args.out).with_suffix(".samples.pt"), grid)
+            if args.command == "table1-cell":
+                out = table1_cell(args.row, profile, args.checkpoint, args.density, data, device, progress)
+                grid = out.pop("sample_grid", None)
+                if grid is not None:
+                    atomic_torch_save(Path(args.out).with_suffix(".samples.pt"), grid)
+                psnr = out["reconstruction"]["median_psnr_01"]
+            else:
+                out = table4_cell(args.row, args.problem, profile, args.checkpoint, data, device, progress)
+                psnr = out["median_psnr_01"]
             out["data_source"] = data_source_label(data["meta"])
             out["provenance"] = provenance(profile, device, seeds=[out["train"]["seed"]])
             atomic_write_json(args.out, out)
-            print(f"{args.row}: PSNR {out['reconstruction']['median_psnr_01']:.2f} dB")
-        elif args.command == "table4-cell":
-            data = load_prepared(args.data)
-            out = table4_cell(args.row, args.problem, profile, args.checkpoint, data, device, progress)
-            out["data_source"] = data_source_label(data["meta"])
-            out["provenance"] = provenance(profile, device, seeds=[out["train"]["seed"]])
-            atomic_write_json(args.out, out)
-            print(f"{args.row} {args.problem}: median PSNR {out['median_psnr_01']:.2f} dB")
+            print(f"{args.command} {args.row}: median PSNR {psnr:.2f} dB")
         elif args.command == "timing":
             data = load_prepared(args.data)
             out = time_methods(profile, args.checkpoint, data, device, progress, args.checkpoint100)
