@@ -22,11 +22,11 @@ import time
 import torch
 from sklearn.datasets import load_digits
 
-from deqbench.baselines import pgd
-from deqbench.deq import fixed_point
-from deqbench.jiio import jiio
+from deqbench.inputopt.baselines import pgd
+from deqbench.core.deq import fixed_point
+from deqbench.inputopt.jiio import jiio
 from deqbench.models.small import SmallDEQClassifier
-from deqbench.solvers import solve
+from deqbench.core.solvers import solve
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from deqbench.config import ConfigError, config_hash, load_profile
-from deqbench.io import atomic_write_json, atomic_write_text
-from deqbench.provenance import provenance
+from deqbench.experiments.config import ConfigError, config_hash, load_profile
+from deqbench.experiments.io import atomic_write_json, atomic_write_text
+from deqbench.experiments.provenance import provenance
 from deqbench.tables import device_name, paper_tables, write_table
 
 TABLE1_LABEL = {"vae": "VAE", "rae": "RAE", "mdeq_vae": "MDEQ-VAE", "mdeq_vae_jiio": "MDEQ-VAE (w/ JIIO)",

@@ -18,9 +18,9 @@ from typing import Any
 
 import yaml
 
-from deqbench.config import ConfigError, config_hash, load_profile
-from deqbench.io import atomic_write_json, atomic_write_text
-from deqbench.provenance import provenance
+from deqbench.experiments.config import ConfigError, config_hash, load_profile
+from deqbench.experiments.io import atomic_write_json, atomic_write_text
+from deqbench.experiments.provenance import provenance
 
 REFERENCE = Path(__file__).with_name("reference") / "jiio_paper_tables.yaml"
 DATASET_LABEL = {"mnist": "MNIST", "cifar10": "CIFAR-10"}

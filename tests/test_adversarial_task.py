@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from deqbench.config import load_profile
+from deqbench.experiments.config import load_profile
 from deqbench.tasks import adversarial as adv
 from deqbench.tables import adversarial_table
 

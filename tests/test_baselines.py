@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deqbench.baselines import adam, pgd
-from deqbench.projections import L2Ball, LinfBall, make_projection
+from deqbench.inputopt.baselines import adam, pgd
+from deqbench.inputopt.projections import L2Ball, LinfBall, make_projection
 from tests.conftest import forbid_host_sync
 from tests.linear_problems import linear_deq_cost, relative_error
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deqbench.config import ConfigError, config_hash, load_profile, resolve_profile
+from deqbench.experiments.config import ConfigError, config_hash, load_profile, resolve_profile
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 

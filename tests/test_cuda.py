@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deqbench.deq import fixed_point
-from deqbench.jiio import jiio
+from deqbench.core.deq import fixed_point
+from deqbench.inputopt.jiio import jiio
 from deqbench.models.small import ConvLayer, SmallDEQClassifier
-from deqbench.solvers import solve
+from deqbench.core.solvers import solve
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -103,7 +103,7 @@ def test_repeated_graph_solves_do_not_leak_memory():
 
 
 def test_full_capture_in_pgd_with_implicit_backward():
-    from deqbench.baselines import pgd
+    from deqbench.inputopt.baselines import pgd
     from deqbench.models.mdeq import MDEQClassifier, MDEQConfig
 
     model = MDEQClassifier(MDEQConfig(channels=(8, 8), expansion=2, fuse_groups=4, head_channels=(4, 8), final_channels=32)).cuda().eval()

@@ -11,7 +11,7 @@ import torch
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
-from deqbench.density import DensityConfig, PosthocDensity
+from deqbench.metrics.density import DensityConfig, PosthocDensity
 
 CENTRES = torch.tensor([[6.0, 0.0, 0.0, 0.0], [-3.0, 5.0, 0.0, 1.0], [-3.0, -5.0, 2.0, -1.0]], dtype=torch.float64)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from deqbench.deq import fixed_point
+from deqbench.core.deq import fixed_point
 from tests.conftest import forbid_host_sync
 
 DT = torch.float64

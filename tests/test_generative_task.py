@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from deqbench.config import ConfigError, load_profile
+from deqbench.experiments.config import ConfigError, load_profile
 from deqbench.tasks import generative as task
 from deqbench.tasks.adversarial import DivergenceError
 

@@ -1,11 +1,11 @@
-"""deqbench.inverse: JIIO section 4.2 corruptions (inpainting window, denoising noise) and the inner cost. CPU."""
+"""deqbench.data.inverse: JIIO section 4.2 corruptions (inpainting window, denoising noise) and the inner cost. CPU."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from deqbench.inverse import PAPER_PROBLEMS, InverseProblem, corrupt, masked_sq_error
+from deqbench.data.inverse import PAPER_PROBLEMS, InverseProblem, corrupt, masked_sq_error
 
 
 def _gen(seed: int = 0) -> torch.Generator:

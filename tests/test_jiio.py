@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deqbench.jiio import SELECTION_POLICIES, jiio
+from deqbench.inputopt.jiio import SELECTION_POLICIES, jiio
 from tests.conftest import forbid_host_sync
 from tests.linear_problems import linear_deq_cost, relative_error
 

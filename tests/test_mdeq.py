@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from deqbench.models.mdeq import MDEQClassifier, MDEQConfig
-from deqbench.norms import norm_computations
-from deqbench.solvers import solve
+from deqbench.core.norms import norm_computations
+from deqbench.core.solvers import solve
 
 REFERENCE_MNIST_PARAMS = 158_554  # reference MNIST classifier (notes, section 2)
 REFERENCE_CIFAR_SMALL_PARAMS = 158_986  # reference CIFAR-small classifier
@@ -81,8 +81,8 @@ def test_layer_fn_and_cost_fn():
 
 
 def test_works_with_jiio():
-    """Smoke test: the tuple-state layer_fn / cost_fn plug into deqbench.jiio."""
-    from deqbench.jiio import jiio
+    """Smoke test: the tuple-state layer_fn / cost_fn plug into deqbench.inputopt.jiio."""
+    from deqbench.inputopt.jiio import jiio
 
     model = MDEQClassifier(small_config())
     images, labels = torch.rand(2, 1, 12, 12), torch.tensor([1, 2])

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deqbench.baselines import adam
-from deqbench.deq import fixed_point
-from deqbench.jiio import jiio
+from deqbench.inputopt.baselines import adam
+from deqbench.core.deq import fixed_point
+from deqbench.inputopt.jiio import jiio
 from deqbench.models.mdeq import MDEQConfig
 from deqbench.models.mdeq_generator import MDEQAutoencoder, MDEQGenerator, MDEQGeneratorConfig
 from deqbench.models.small import SmallDEQGenerator

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from deqbench.metrics import (
+    FID_WEIGHTS_SHA256,
     FIDResult,
     UInt8ImageDataset,
     compute_fid,
@@ -168,7 +169,13 @@ def test_fid_weights_status(tmp_path: Path) -> None:
     assert not ok and "not a file" in reason
     present = tmp_path / "w.pth"
     present.write_bytes(b"x")
-    assert fid_weights_status(present) == (True, "")
+    # A file that is not the pinned release is refused, naming both hashes (torch-fidelity unpickles it).
+    ok, reason = fid_weights_status(present)
+    actual = hashlib.sha256(b"x").hexdigest()
+    assert not ok and actual in reason and FID_WEIGHTS_SHA256 in reason and str(present) in reason
+    assert fid_weights_status(present, expected_sha256=actual) == (True, "")
+    result = compute_fid(torch.zeros(2, 3, 8, 8), torch.zeros(2, 3, 8, 8), present)
+    assert result.value is None and "SHA-256" in result.reason
 
 
 def test_compute_fid_without_weights_is_na_and_imports_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -227,10 +234,11 @@ def fid_values(random_inception_weights: Path) -> dict[str, FIDResult]:
     a = torch.rand(N_FID, 3, 16, 16, generator=gen) * 2 - 1
     small = (a + 0.05 * torch.randn(a.shape, generator=gen)).clamp(-1, 1)
     large = (a + 0.5 * torch.randn(a.shape, generator=gen)).clamp(-1, 1)
+    pinned = hashlib.sha256(random_inception_weights.read_bytes()).hexdigest()  # the random file stands in
     return {
-        "same": compute_fid(to_uint8_rgb(a), a, random_inception_weights, batch_size=N_FID),
-        "small": compute_fid(a, small, random_inception_weights, batch_size=N_FID),
-        "large": compute_fid(a, large, random_inception_weights, batch_size=N_FID),
+        "same": compute_fid(to_uint8_rgb(a), a, random_inception_weights, batch_size=N_FID, expected_sha256=pinned),
+        "small": compute_fid(a, small, random_inception_weights, batch_size=N_FID, expected_sha256=pinned),
+        "large": compute_fid(a, large, random_inception_weights, batch_size=N_FID, expected_sha256=pinned),
     }
 
 

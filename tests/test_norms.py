@@ -1,4 +1,4 @@
-"""Tests for deqbench.norms: once-per-step weight and spectral normalisation."""
+"""Tests for deqbench.core.norms: once-per-step weight and spectral normalisation."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from deqbench.norms import (
+from deqbench.core.norms import (
     apply_spectral_norm,
     apply_weight_norm,
     norm_computations,

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from deqbench.solvers import SOLVERS, solve
+from deqbench.core.solvers import SOLVERS, solve
 from tests.conftest import forbid_host_sync
 from tests.linear_problems import affine_problem, relative_error
 

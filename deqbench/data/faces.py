@@ -2,7 +2,7 @@
 
 Gurumurthy et al. 2021 (JIIO), section 4.1-4.2 and appendix C.1, train a
 generative model on CelebA at 64x64 and then solve inpainting / denoising
-problems on it (see :mod:`deqbench.inverse`).
+problems on it (see :mod:`deqbench.data.inverse`).
 
 >>> from deqbench.data.faces import load_image_dataset
 >>> train = load_image_dataset("lfw-faces", "train")   # embedded, offline

@@ -30,7 +30,7 @@ by ``2**i``.
   - post-fusion per branch (``post_fuse[j]``): ReLU -> conv1x1 -> GN with
     ``post_fuse_groups`` groups.
 
-  Weight norm (``deqbench.norms``, dim 0) on the two block convolutions and the
+  Weight norm (``deqbench.core.norms``, dim 0) on the two block convolutions and the
   post-fusion convolution when ``config.weight_norm``, as in the reference.
 * Classifier head (HRNet style, ``head``), GN ``fuse_groups`` everywhere:
 
@@ -65,8 +65,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deqbench.deq import fixed_point
-from deqbench.norms import apply_weight_norm, reset_norms
+from deqbench.core.deq import fixed_point
+from deqbench.core.norms import apply_weight_norm, reset_norms
 
 __all__ = ["MDEQConfig", "MDEQClassifier", "DEFAULT_BACKWARD_OPTIONS", "build_fusion", "mdeq_layer", "branch_sizes"]
 
@@ -328,7 +328,7 @@ class MDEQClassifier(nn.Module):
     """MDEQ classifier with GroupNorm only; see the module docstring for the architecture.
 
     ``forward(images)`` solves z* = f(z*, inject(images)) with
-    :func:`deqbench.deq.fixed_point` (defaults: Broyden, 18 iterations, run to
+    :func:`deqbench.core.deq.fixed_point` (defaults: Broyden, 18 iterations, run to
     the limit; IFT backward with Broyden, 20 iterations -- paper Table 9) and
     returns the logits of z*.  For input optimisation (JIIO, PGD, Adam),
     ``layer_fn(images)`` is f(z, delta) for a perturbation delta of the images
@@ -434,7 +434,7 @@ class MDEQClassifier(nn.Module):
         caller's grad mode) and reused by every f evaluation of the solve.
         ``backward_options=None`` with ``backward="ift"`` means
         :data:`DEFAULT_BACKWARD_OPTIONS` (Broyden, 20 iterations).  ``stats``
-        receives the solver results (see :func:`deqbench.deq.fixed_point`).
+        receives the solver results (see :func:`deqbench.core.deq.fixed_point`).
         """
         if self.config.weight_norm:
             reset_norms(self)

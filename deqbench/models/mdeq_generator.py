@@ -42,8 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deqbench.deq import fixed_point
-from deqbench.inverse import masked_sq_error
+from deqbench.core.deq import fixed_point
+from deqbench.inputopt.costs import masked_sq_error
 from deqbench.models.mdeq import (
     DEFAULT_BACKWARD_OPTIONS,
     MDEQClassifier,
@@ -54,7 +54,7 @@ from deqbench.models.mdeq import (
     build_fusion,
     mdeq_layer,
 )
-from deqbench.norms import apply_weight_norm, reset_norms
+from deqbench.core.norms import apply_weight_norm, reset_norms
 
 __all__ = ["MDEQGeneratorConfig", "MDEQGenerator", "MDEQAutoencoder"]
 

@@ -3,7 +3,7 @@
 Three training methods (clean, PGD adversarial training, JIO adversarial
 training, eq. 26) and three test conditions (clean, PGD-20, JIO-80), all with
 L2 perturbations of radius eps.  Every function takes a resolved profile from
-params.yaml (:mod:`deqbench.config`); nothing here hard-codes a
+params.yaml (:mod:`deqbench.experiments.config`); nothing here hard-codes a
 hyper-parameter.
 
 Command line (what the Snakemake rules call)::
@@ -30,20 +30,20 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from deqbench.baselines import pgd
-from deqbench.config import ConfigError, config_hash, load_profile
+from deqbench.inputopt.baselines import pgd
+from deqbench.experiments.config import ConfigError, config_hash, load_profile
 from deqbench.data import DatasetNotFoundError, load_dataset
-from deqbench.deq import fixed_point
-from deqbench.io import atomic_torch_save, atomic_write_json
-from deqbench.jacobian import hutchinson_jacobian_loss
-from deqbench.jiio import JIIOResult, jiio
+from deqbench.core.deq import fixed_point
+from deqbench.experiments.io import atomic_torch_save, atomic_write_json
+from deqbench.core.jacobian import hutchinson_jacobian_loss
+from deqbench.inputopt.jiio import JIIOResult, jiio
 from deqbench.models.mdeq import MDEQClassifier, MDEQConfig
-from deqbench.norms import reset_norms
-from deqbench.provenance import provenance, resolve_device
+from deqbench.core.norms import reset_norms
+from deqbench.experiments.provenance import provenance, resolve_device
 from deqbench.tasks.common import (
     DivergenceError, data_source_label, load_partial, load_prepared, save_partial, seed_everything, sync, task_parser,
 )
-from deqbench.state import flat_map, spec_of
+from deqbench.core.state import flat_map, spec_of
 
 METHODS = ("clean", "pgd", "jio")
 
@@ -86,7 +86,7 @@ def _solve_options(options: dict[str, Any]) -> tuple[str, int, float, dict[str, 
 
 
 def forward_kwargs(profile: dict[str, Any]) -> dict[str, Any]:
-    """Keyword arguments of :func:`deqbench.deq.fixed_point` from the profile's solver block."""
+    """Keyword arguments of :func:`deqbench.core.deq.fixed_point` from the profile's solver block."""
     method, max_iter, tol, rest = _solve_options(profile["solver"]["forward"])
     b_method, b_iter, b_tol, b_rest = _solve_options(profile["solver"]["backward"])
     return {

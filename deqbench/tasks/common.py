@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from deqbench.io import atomic_torch_save
+from deqbench.experiments.io import atomic_torch_save
 
 
 class DivergenceError(RuntimeError):

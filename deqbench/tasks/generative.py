@@ -42,19 +42,19 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from deqbench.baselines import adam
-from deqbench.config import ConfigError, config_hash, load_profile
+from deqbench.inputopt.baselines import adam
+from deqbench.experiments.config import ConfigError, config_hash, load_profile
 from deqbench.data import DatasetNotFoundError
 from deqbench.data.faces import IMAGE_DATASETS, load_image_dataset
-from deqbench.density import DensityConfig, PosthocDensity
-from deqbench.inverse import InverseProblem, corrupt, masked_sq_error
-from deqbench.io import atomic_torch_save, atomic_write_json
-from deqbench.jiio import JIIOResult, jiio
+from deqbench.metrics.density import DensityConfig, PosthocDensity
+from deqbench.data.inverse import InverseProblem, corrupt, masked_sq_error
+from deqbench.experiments.io import atomic_torch_save, atomic_write_json
+from deqbench.inputopt.jiio import JIIOResult, jiio
 from deqbench.metrics import compute_fid, median_psnr, reference_batch_psnr
 from deqbench.models.conv_ae import ConvAEConfig, ConvAutoencoder
 from deqbench.models.mdeq import MDEQConfig, mdeq_layer
 from deqbench.models.mdeq_generator import MDEQAutoencoder, MDEQGenerator, MDEQGeneratorConfig
-from deqbench.provenance import provenance, resolve_device
+from deqbench.experiments.provenance import provenance, resolve_device
 from deqbench.tasks.common import (
     DivergenceError, data_source_label, load_partial, load_prepared, save_partial, seed_everything, sync, task_parser,
 )
@@ -131,7 +131,7 @@ def backward_options(profile: dict[str, Any]) -> dict[str, Any]:
 
 
 def jiio_options(profile: dict[str, Any], iterations: int) -> dict[str, Any]:
-    """Keyword arguments of :func:`deqbench.jiio.jiio` for ``iterations`` JIIO steps (appendix C.3)."""
+    """Keyword arguments of :func:`deqbench.inputopt.jiio.jiio` for ``iterations`` JIIO steps (appendix C.3)."""
     j = profile["generative"]["jiio"]
     late = j["alpha_x_late"] if iterations > j["alpha_x_switch"] else None
     return {

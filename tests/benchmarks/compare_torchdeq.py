@@ -11,7 +11,7 @@ with warm-up rounds and the median of ``--repeats`` timed calls (each call
 bracketed by ``torch.cuda.synchronize()`` on CUDA):
 
 * ``f x N``: N chained evaluations of the bare map, the floor for any solver;
-* ``ours``: ``deqbench.solvers.solve(method="anderson", m, lam, beta=1, kind="II",
+* ``ours``: ``deqbench.core.solvers.solve(method="anderson", m, lam, beta=1, kind="II",
   max_iter=N, tol=0)``: exactly N evaluations of f, no host sync;
 * ``torchdeq``: ``torchdeq.solver.get_solver("anderson")(f, z0, max_iter=N,
   tol=0.0, stop_mode="rel", m, lam, tau=1.0)``: also exactly N evaluations of f
@@ -66,10 +66,10 @@ from torch import Tensor, nn
 REPO = Path(__file__).resolve().parents[2]
 
 try:
-    from deqbench.solvers import solve
+    from deqbench.core.solvers import solve
 except ImportError:  # run from a checkout without an installed package
     sys.path.insert(0, str(REPO))
-    from deqbench.solvers import solve
+    from deqbench.core.solvers import solve
 
 
 def import_torchdeq() -> tuple[Callable[..., Any] | None, str]:

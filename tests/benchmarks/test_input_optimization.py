@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from deqbench.baselines import adam, pgd
-from deqbench.jiio import jiio
+from deqbench.inputopt.baselines import adam, pgd
+from deqbench.inputopt.jiio import jiio
 from deqbench.models.small import SmallDEQClassifier, SmallDEQGenerator
 from tests.benchmarks.conftest import expect_ratio, run_benchmark
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from deqbench.models.small import ConvLayer, MLPLayer
-from deqbench.solvers import solve
+from deqbench.core.solvers import solve
 from tests.benchmarks.conftest import expect_ratio, run_benchmark
 
 N_ITER = 30

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from deqbench.config import load_profile
+from deqbench.experiments.config import load_profile
 from deqbench.tasks.adversarial import build_model, jio_attack, pgd_perturbation
 from tests.benchmarks.conftest import expect_ratio, run_benchmark
 

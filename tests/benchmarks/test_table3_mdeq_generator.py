@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from deqbench.config import load_profile
+from deqbench.experiments.config import load_profile
 from deqbench.tasks.generative import adam_reconstruct_deq, build_model, jiio_reconstruct
 from tests.benchmarks.conftest import expect_ratio, run_benchmark
 

@@ -1,6 +1,6 @@
 """Batched fixed-point solvers: forward iteration, Anderson (Type-I/II), limited-memory Broyden."""
 
-from deqbench.solvers.base import (
+from deqbench.core.solvers.base import (
     SOLVERS,
     FixedPointSolver,
     ResidualTracker,
@@ -9,9 +9,9 @@ from deqbench.solvers.base import (
     register_solver,
     solve,
 )
-from deqbench.solvers.forward import ForwardIteration
-from deqbench.solvers.anderson import Anderson
-from deqbench.solvers.broyden import Broyden
+from deqbench.core.solvers.forward import ForwardIteration
+from deqbench.core.solvers.anderson import Anderson
+from deqbench.core.solvers.broyden import Broyden
 
 __all__ = [
     "SOLVERS",

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from deqbench.config import config_hash
+from deqbench.experiments.config import config_hash
 
 PACKAGES = ("deqbench", "torch", "torchvision", "numpy", "scipy", "scikit-learn", "scikit-image", "snakemake", "dvc", "torch-fidelity")
 

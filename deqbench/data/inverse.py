@@ -38,6 +38,8 @@ from dataclasses import dataclass
 
 import torch
 
+from deqbench.inputopt.costs import masked_sq_error
+
 __all__ = ["InverseProblem", "PAPER_PROBLEMS", "corrupt", "masked_sq_error"]
 
 _KINDS = ("inpaint", "denoise", "none")
@@ -150,14 +152,3 @@ def corrupt(problem: InverseProblem, images: torch.Tensor,
         noise = torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
         return images + problem.sigma * noise, mask
     return images.clone(), mask
-
-
-def masked_sq_error(prediction: torch.Tensor, observed: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-sample ``sum_{C,H,W} (mask * (prediction - observed))^2``, shape ``(B,)``.
-
-    The inner cost ``||y_hat - A h(z)||^2`` of JIIO eq. 22 with ``A`` = the
-    mask (inpainting) or the identity (denoising, mask of ones).  ``mask``
-    broadcasts against ``prediction``, e.g. ``(B, 1, H, W)``.
-    """
-    diff = prediction - observed if mask is None else mask * (prediction - observed)
-    return diff.square().flatten(1).sum(1)

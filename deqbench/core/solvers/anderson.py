@@ -28,7 +28,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor
 
-from deqbench.solvers.base import FixedPointSolver, check_positive_int, check_range, register_solver
+from deqbench.core.solvers.base import FixedPointSolver, check_positive_int, check_range, register_solver
 
 
 @dataclass

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from deqbench.solvers.base import FixedPointSolver, check_range, register_solver
+from deqbench.core.solvers.base import FixedPointSolver, check_range, register_solver
 
 
 @register_solver

@@ -9,8 +9,8 @@ from typing import Any, Callable, ClassVar, Literal
 import torch
 from torch import Tensor
 
-from deqbench.graphs import GraphMode, StepRunner, graph_mode
-from deqbench.state import State, flat_map, spec_of
+from deqbench.core.graphs import GraphMode, StepRunner, graph_mode
+from deqbench.core.state import State, flat_map, spec_of
 
 StopMode = Literal["rel", "abs"]
 RESIDUAL_EPS = 1e-9
@@ -41,7 +41,7 @@ class FixedPointSolver:
     image ``fx = f(x)`` and residual ``g = fx - x`` and returns the next
     iterate.  It must not synchronise with the host, must keep its iteration
     count on the device and must update its state in place, so that the same
-    kernels are valid at every iteration (see :mod:`deqbench.graphs`).
+    kernels are valid at every iteration (see :mod:`deqbench.core.graphs`).
     """
 
     name: ClassVar[str] = "base"
@@ -141,7 +141,7 @@ def solve(
     and runs exactly ``max_iter`` evaluations.  On CUDA the per-iteration
     bookkeeping is replayed as a CUDA graph (``cuda_graph="auto"``), or the
     whole iteration including f (``"full"``, for capturable f; see
-    :mod:`deqbench.graphs`).  Gradients are not tracked.
+    :mod:`deqbench.core.graphs`).  Gradients are not tracked.
     """
     check_positive_int("max_iter", max_iter)
     check_positive_int("check_every", check_every)
