@@ -1,50 +1,41 @@
-# Shared helpers: the resolved profile, paths and wildcard constraints.
+# Shared by every rule file: the resolved profile, the one command line every job runs through, report captions.
+#
+# The profile is resolved once here, with `--configfile` files merged and `--config` values applied, validated,
+# and written to .deqbench/profiles/<name>-<hash>.json; every job reads that file (`--resolved`), so a job computes
+# exactly what this DAG was built from.  Each rule's `params.settings` is the hash of the typed settings its job
+# reads (deqbench.experiments.pipeline), so editing a setting reruns exactly the jobs that read it; the job
+# refuses to run if its own hash differs (`--expect-hash`).
 import sys
 
-from deqbench.config import ConfigError, config_hash, resolve_profile
+from deqbench.experiments.config import ConfigError
+from deqbench.experiments.pipeline import Pipeline
 
 try:
-    PROFILE = resolve_profile(config)
+    PIPE = Pipeline(config, workflow.config_settings.config)
 except ConfigError as err:
-    raise ValueError(f"params.yaml / --config: {err}") from None
+    raise ValueError(f"params.yaml / --config / --configfile: {err}") from None
 
-P = PROFILE["name"]
+P = PIPE.name
 PY = sys.executable  # the interpreter running Snakemake, i.e. the project's environment
-METHODS = ["clean", "pgd", "jio"]
-USES_GPU = 0 if PROFILE["device"] == "cpu" else 1
+RESOLVED = PIPE.resolved
+GPU = PIPE.uses_gpu
+JOB_THREADS = 1 if GPU == 0 else 4
+CAPTION = "report/caption.rst"
+# {threads} caps torch and BLAS at the rule's thread count; values are shell-quoted (:q) everywhere.
+DEQBENCH = ("OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} {PY:q} -m deqbench --resolved {RESOLVED:q} "
+            "--threads {threads} --expect-hash {params.settings:q}")
 
 
-wildcard_constraints:
-    dataset="mnist|cifar10",
-    method="clean|pgd|jio",
-    eps=r"[0-9]+(\.[0-9]+)?",
-    train_eps=r"[0-9]+(\.[0-9]+)?",
-    seed=r"[0-9]+",
+def table_outputs(spec):
+    """A declared table's outputs; the CSV and a figure's PNG go into the report under the paper's category."""
+    out = spec.outputs()
+    marked = {k: report(v, caption=CAPTION, category=spec.paper.upper(), subcategory=spec.title)
+              for k, v in out.items() if k in ("csv", "png")}
+    return {**out, **marked}
 
 
-def eps_tag(eps):
-    return f"{float(eps):g}"
-
-
-def prepared(dataset):
-    return f"data/prepared/{P}/{dataset}.pt"
-
-
-def checkpoint(dataset, method, eps, seed):
-    return f"data/checkpoints/{P}/{dataset}/{method}_eps{eps_tag(eps)}/seed{seed}.pt"
-
-
-def evaluation(dataset, method, train_eps, seed, eps):
-    return f"results/adversarial/{P}/{dataset}/{method}_eps{eps_tag(train_eps)}/seed{seed}_test-eps{eps_tag(eps)}.json"
-
-
-def experiment_evaluations(table):
-    """Every evaluation a table needs: datasets x training methods x seeds, at the table's eps."""
-    spec = PROFILE["experiments"][table]
-    eps = spec["eps"]
-    return [
-        evaluation(ds, m, 0 if m == "clean" else eps, seed, eps)
-        for ds in spec["datasets"]
-        for m in METHODS
-        for seed in PROFILE["seeds"]
-    ]
+def table_caption(spec):
+    """The report's caption of a table: what it is and where the paper's values come from (the full caption, with
+    seeds and device, heads results/<name>.md)."""
+    return (f"{spec.title}. The paper's values ({spec.source}) sit in the columns marked as reference; the full "
+            f"caption heads results/{spec.name}.md and the provenance is in results/{spec.name}.provenance.json.")

@@ -1,51 +1,69 @@
-"""The adversarial task: resumable training, divergence handling, attack properties, table assembly."""
+"""The adversarial task (deqbench.tasks.jiio_adversarial): resumable training, divergence handling, attack
+properties, table assembly."""
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from deqbench.experiments.config import load_profile
-from deqbench.tasks import adversarial as adv
-from deqbench.tables import adversarial_table
+from deqbench.experiments.config import deep_merge, load_profile
+from deqbench.experiments.io import load_artifact
+from deqbench.experiments.runtime import DivergenceError, data_source_label
+from deqbench.experiments.trainer import StepOutput
+from deqbench.tasks.jiio_adversarial import TASK, task
+from deqbench.tasks.jiio_adversarial.tables import TABLE5
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+CPU = torch.device("cpu")
+
+
+def settings(profile_name: str = "smoke", **block):
+    return TASK.settings(deep_merge(load_profile(PARAMS, profile_name), {"jiio_adversarial": block}))
 
 
 @pytest.fixture(scope="module")
-def profile():
-    p = copy.deepcopy(load_profile(PARAMS, "smoke"))
-    p["train"].update(max_steps=4, checkpoint_every=2, log_every=1, batch_size=8)
-    p["eval"].update(limit=16, batch_size=8)
-    return p
+def adv():
+    return settings(train={"max_steps": 4, "checkpoint_every": 2, "log_every": 1, "batch_size": 8},
+                    eval={"limit": 16, "batch_size": 8})
 
 
 @pytest.fixture(scope="module")
-def data(profile):
-    prepared = adv.prepare_dataset(profile, "mnist")
+def data(adv):
+    prepared = task.prepare_dataset(adv.prepare("mnist"))
     for split in ("train", "test"):
         prepared[split]["images"] = prepared[split]["images"][:64]
         prepared[split]["labels"] = prepared[split]["labels"][:64]
     return prepared
 
 
-def test_prepared_data_is_labelled_as_stand_in(profile, data):
+def test_prepared_data_is_labelled_as_stand_in(adv, data):
     assert data["meta"]["stand_in_for"] == "mnist"
-    assert "embedded stand-in" in adv.data_source_label(data["meta"])
-    assert data["train"]["images"].shape[-1] == profile["datasets"]["mnist"]["image_size"]
+    assert "embedded stand-in" in data_source_label(data["meta"])
+    assert data["train"]["images"].shape[-1] == adv.params.datasets["mnist"].image_size
 
 
-def test_training_resumes_from_partial_checkpoint(profile, data, tmp_path, monkeypatch):
-    run = adv.TrainRun(profile, "mnist", "clean", 0.0, 0)
+def test_job_settings_hold_only_what_the_job_reads(adv):
+    clean, pgd = adv.train("mnist", "clean"), adv.train("mnist", "pgd")
+    assert clean.attack is None and pgd.attack is not None  # clean training reads no attack settings
+    assert pgd.attack.pgd.steps == adv.params.train.attack_pgd_steps  # training uses the cheaper attacks
+    assert adv.evaluate("mnist").attack.pgd.steps == adv.params.attack.pgd.steps
+    other = settings(train={"max_steps": 4, "checkpoint_every": 2, "log_every": 1, "batch_size": 8},
+                     eval={"limit": 3, "batch_size": 8}, attack={"pgd": {"steps": 7, "step_size": 0.1}})
+    assert other.train("mnist", "clean") == clean  # attack and eval settings do not touch clean training
+    assert other.train("mnist", "pgd") != pgd  # the step size is used in training ...
+    assert other.train("mnist", "pgd").attack.pgd.steps == pgd.attack.pgd.steps  # ... the test-time step count not
+
+
+def test_training_resumes_from_partial_checkpoint(adv, data, tmp_path, monkeypatch):
+    job = adv.train("mnist", "clean")
     full = tmp_path / "full.pt"
-    adv.train(run, data, full, tmp_path / "p_full.pt", torch.device("cpu"), progress=False)
+    task.train(job, data, 0.0, 0, full, tmp_path / "p_full.pt", CPU, progress=False)
 
     calls = {"n": 0}
-    original = adv._step_loss
+    original = task.training_step
 
     def crash_on_third_step(*args, **kwargs):
         calls["n"] += 1
@@ -53,77 +71,88 @@ def test_training_resumes_from_partial_checkpoint(profile, data, tmp_path, monke
             raise KeyboardInterrupt("simulated interruption")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(adv, "_step_loss", crash_on_third_step)
+    monkeypatch.setattr(task, "training_step", crash_on_third_step)
     out, partial = tmp_path / "resumed.pt", tmp_path / "p.pt"
     with pytest.raises(KeyboardInterrupt):
-        adv.train(run, data, out, partial, torch.device("cpu"), progress=False)
+        task.train(job, data, 0.0, 0, out, partial, CPU, progress=False)
     assert partial.exists() and not out.exists()  # no partial output under the declared name
-    monkeypatch.setattr(adv, "_step_loss", original)
-    summary = adv.train(run, data, out, partial, torch.device("cpu"), progress=False)
-    assert summary["steps"] == 4 and not partial.exists()
-    a, b = torch.load(full, weights_only=False)["model"], torch.load(out, weights_only=False)["model"]
+    monkeypatch.setattr(task, "training_step", original)
+    summary = task.train(job, data, 0.0, 0, out, partial, CPU, progress=False)
+    assert summary["steps"] == 4 and summary["resumed_from_step"] == 2 and not partial.exists()
+    a, b = load_artifact(full)["model"], load_artifact(out)["model"]
     for key in a:
-        assert torch.allclose(a[key], b[key], atol=1e-6), key
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
 
 
-def test_divergence_stops_training_without_output(profile, data, tmp_path, monkeypatch):
-    run = adv.TrainRun(profile, "mnist", "clean", 0.0, 0)
-
+def test_divergence_stops_training_without_output(adv, data, tmp_path, monkeypatch):
     def nan_loss(*args, **kwargs):
         loss = torch.tensor(float("nan"), requires_grad=True)
-        return loss, loss, torch.zeros(8)
+        return StepOutput(loss, {}, torch.zeros(8))
 
-    monkeypatch.setattr(adv, "_step_loss", nan_loss)
-    with pytest.raises(adv.DivergenceError, match="non-finite loss"):
-        adv.train(run, data, tmp_path / "out.pt", tmp_path / "p.pt", torch.device("cpu"), progress=False)
+    monkeypatch.setattr(task, "training_step", nan_loss)
+    with pytest.raises(DivergenceError, match="non-finite loss"):
+        task.train(adv.train("mnist", "clean"), data, 0.0, 0, tmp_path / "out.pt", tmp_path / "p.pt", CPU,
+                   progress=False)
     assert not (tmp_path / "out.pt").exists()
 
 
+def test_a_checkpoint_of_another_architecture_is_refused(adv, data, tmp_path):
+    job = adv.train("mnist", "clean")
+    task.train(job, data, 0.0, 0, tmp_path / "m.pt", tmp_path / "p.pt", CPU, progress=False)
+    wider = settings(model={"mnist": {"channels": [12, 12], "head_channels": [4, 8]}})
+    with pytest.raises(Exception, match="other model settings"):
+        task.load_model(wider.evaluate("mnist").net, tmp_path / "m.pt", CPU)
+
+
 @pytest.mark.parametrize("method", ["pgd", "jio"])
-def test_attacks_raise_the_loss_and_respect_the_ball(profile, data, method):
+def test_attacks_raise_the_loss_and_respect_the_ball(adv, data, method):
     torch.manual_seed(0)
-    model = adv.build_model(profile, "mnist", 1, 10).eval()
+    job = adv.evaluate("mnist")
+    model = task.build_model(job.net, 1, 10).eval()
     images, labels = data["test"]["images"][:16], data["test"]["labels"][:16]
     eps = 1.0
     if method == "pgd":
-        delta = adv.pgd_perturbation(model, images, labels, profile, eps)
+        delta = task.pgd_perturbation(model, images, labels, job.net, job.attack, eps)
     else:
         with torch.no_grad():
-            delta = adv.jio_attack(model, images, labels, profile, "mnist", eps).x
+            delta = task.jio_attack(model, images, labels, job.net, job.attack, eps).x
     assert (delta.flatten(1).norm(dim=1) <= eps + 1e-5).all()
     with torch.no_grad():
-        clean_z, _ = adv.equilibrium(model, images, profile)
-        adv_z, _ = adv.equilibrium(model, images + delta, profile)
+        clean_z, _ = task.equilibrium(model, images, job.net)
+        adv_z, _ = task.equilibrium(model, images + delta, job.net)
         ce = torch.nn.functional.cross_entropy
         assert ce(model.logits(adv_z), labels) > ce(model.logits(clean_z), labels)
 
 
-def test_table_assembly_mean_std_and_reference(profile, tmp_path):
+def test_table_assembly_mean_std_and_reference(adv, tmp_path):
     files = []
     for seed, acc in enumerate([50.0, 60.0]):
         for method in ("clean", "pgd", "jio"):
-            result = {"accuracy": {"clean": acc, "pgd": acc - 10, "jio": acc - 20}, "eps": 1.0,
-                      "train": {"dataset": "mnist", "method": method, "seed": seed}, "data_source": "digits28 (stand-in)"}
+            result = {"accuracy": {"clean": acc, "pgd": acc - 10, "jio": acc - 20}, "eps": 1.0, "n_test": 100,
+                      "train": {"dataset": "mnist", "method": method, "seed": seed},
+                      "data_source": "digits28 (embedded stand-in for mnist)"}
             path = tmp_path / f"{method}_{seed}.json"
             path.write_text(json.dumps(result))
             files.append(str(path))
-    rows, extra = adversarial_table("table5", profile, files, datasets=["mnist"])
-    assert len(rows) == 9 and extra["seeds"] == [0, 1]
-    first = rows[0]
-    assert first["accuracy_mean"] == 55.0 and abs(first["accuracy_std"] - 7.0710678) < 1e-6
+    job = TASK.table("table5").settings_of(settings(tables={"table5": {"datasets": ["mnist"]}}))
+    built = TABLE5.build(job, files)
+    assert len(built.rows) == 9 and built.caption_fields["seeds"] == [0, 1]
+    first = built.rows[0]
+    assert first["dataset"] == "MNIST" and first["accuracy_mean"] == 55.0
+    assert abs(first["accuracy_std"] - 7.0710678) < 1e-6
     assert first["paper_value"] == 99.45  # the reference column, from the paper's Table 5
+    assert TABLE5.reference_columns() == {"accuracy_mean": "paper_value", "accuracy_std": "paper_std"}
 
 
 @pytest.mark.slow
 def test_pgd_attack_lowers_accuracy_of_a_trained_model(tmp_path):
     """Train a clean MDEQ briefly on the embedded digits stand-in; PGD-20 must lower its accuracy."""
-    profile = copy.deepcopy(load_profile(PARAMS, "embedded"))
-    profile["train"].update(max_steps=150, log_every=50, checkpoint_every=1000)
-    profile["eval"].update(limit=100)
-    prepared = adv.prepare_dataset(profile, "mnist")
-    run = adv.TrainRun(profile, "mnist", "clean", 0.0, 0)
-    adv.train(run, prepared, tmp_path / "m.pt", tmp_path / "p.pt", torch.device("cpu"), progress=False)
-    result = adv.evaluate(profile, "mnist", tmp_path / "m.pt", prepared, 1.0, torch.device("cpu"), progress=False)
+    adv = settings("embedded", train={"max_steps": 150, "log_every": 50, "checkpoint_every": 1000},
+                   eval={"limit": 100})
+    prepared = task.prepare_dataset(adv.prepare("mnist"))
+    task.train(adv.train("mnist", "clean"), prepared, 0.0, 0, tmp_path / "m.pt", tmp_path / "p.pt", CPU,
+               progress=False)
+    result = task.evaluate(adv.evaluate("mnist"), tmp_path / "m.pt", prepared, 1.0, CPU, progress=False)
     acc = result["accuracy"]
     assert acc["clean"] > 30.0  # well above chance (10%)
     assert acc["pgd"] < acc["clean"] - 20.0

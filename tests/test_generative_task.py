@@ -1,4 +1,4 @@
-"""The generative / inverse-problem task (deqbench.tasks.generative) on the smoke profile."""
+"""The generative / inverse-problem task (deqbench.tasks.jiio_generative) on the smoke profile."""
 
 from __future__ import annotations
 
@@ -7,69 +7,86 @@ import json
 import pytest
 import torch
 
-from deqbench.experiments.config import ConfigError, load_profile
-from deqbench.tasks import generative as task
-from deqbench.tasks.adversarial import DivergenceError
+from deqbench.experiments.config import ConfigError, deep_merge, load_profile
+from deqbench.experiments.io import load_artifact
+from deqbench.experiments.runtime import DivergenceError, data_source_label
+from deqbench.experiments.trainer import StepOutput
+from deqbench.tasks.jiio_generative import TASK, methods, task
+from deqbench.tasks.jiio_generative.settings import MODELS
+from deqbench.tasks.jiio_generative.tables import TABLE4_ROWS, cell_job
+
+CPU = torch.device("cpu")
+
+
+def settings(**block):
+    return TASK.settings(deep_merge(load_profile("params.yaml", "smoke"), {"jiio_generative": block}))
 
 
 @pytest.fixture(scope="module")
-def profile():
-    return load_profile("params.yaml", "smoke")
+def gen():
+    return settings()
 
 
 @pytest.fixture(scope="module")
-def faces(profile):
-    return task.prepare_faces(profile)
+def faces(gen):
+    return task.prepare_faces(gen.prepare())
 
 
 def test_prepared_faces_are_labelled_stand_ins(faces):
     assert faces["train"].dtype == torch.uint8 and faces["train"].shape[1:] == (1, 16, 16)
     assert faces["train"].shape[0] + faces["test"].shape[0] == 100
-    assert task.data_source_label(faces["meta"]) == "lfw-faces (embedded stand-in for celeba)"
+    assert data_source_label(faces["meta"]) == "lfw-faces (embedded stand-in for celeba)"
 
 
-def test_problems_come_from_params(profile):
-    assert task.parse_problem(profile, "reconstruct").kind == "none"
-    inpaint = task.parse_problem(profile, "inpaint20")
-    assert inpaint.kind == "inpaint" and inpaint.window == profile["generative"]["problems"]["inpaint20"]["window"]
-    assert task.parse_problem(profile, "denoise0.4").sigma == 0.4
-    with pytest.raises(ConfigError, match="unknown problem 'blur'.*generative.problems"):
-        task.parse_problem(profile, "blur")
+def test_problems_come_from_params(gen):
+    assert gen.problem("reconstruct").kind == "none"
+    inpaint = gen.problem("inpaint20")
+    assert inpaint.kind == "inpaint" and inpaint.window == gen.params.problems["inpaint20"].window
+    assert gen.problem("denoise0.4").sigma == 0.4
+    with pytest.raises(ConfigError, match="unknown problem 'blur'.*jiio_generative.problems"):
+        gen.problem("blur")
 
 
-def test_alpha_x_is_reduced_only_in_runs_longer_than_the_switch(profile):
-    switch = profile["generative"]["jiio"]["alpha_x_switch"]
-    short = task.jiio_options(profile, switch)
-    long = task.jiio_options(profile, switch + 1)
-    assert short["alpha_x_late"] is None and short["alpha_x_switch"] is None
-    assert long["alpha_x_late"] == profile["generative"]["jiio"]["alpha_x_late"] and long["alpha_x_switch"] == switch
-    assert long["solver_options"] == {"m": profile["generative"]["jiio"]["memory"], "kind": "I"}
+def test_alpha_x_is_reduced_only_in_runs_longer_than_the_switch(gen):
+    switch = gen.params.jiio.alpha_x_switch
+    short, long = gen.jiio(switch), gen.jiio(switch + 1)
+    assert short.alpha_x_late is None and short.alpha_x_switch is None
+    assert long.alpha_x_late == gen.params.jiio.alpha_x_late and long.alpha_x_switch == switch
+    assert long.memory == gen.params.jiio.memory and long.anderson_kind == "I"
 
 
-def test_every_model_builds_from_params(profile):
-    for name in task.MODELS:
-        model = task.build_model(profile, name, 1)
+def test_every_model_builds_from_params(gen):
+    for name in MODELS:
+        model = methods.build_model(gen.architecture(name), 1)
         assert model.describe()["num_parameters"] > 0
     with pytest.raises(ConfigError, match="unknown model 'gan'"):
-        task.build_model(profile, "gan", 1)
+        gen.architecture("gan")
 
 
-def test_supervised_and_unsupervised_models_need_matching_problems(profile, faces, tmp_path):
+def test_supervised_and_unsupervised_models_need_matching_problems(gen):
     with pytest.raises(ConfigError, match="vae is an unsupervised generative model"):
-        task.train(task.TrainRun(profile, "vae", "inpaint20", 0), faces, tmp_path / "a.pt", tmp_path / "p.pt",
-                   torch.device("cpu"), progress=False)
+        gen.train("vae", "inpaint20")
     with pytest.raises(ConfigError, match="ae is a supervised inverse-problem model"):
-        task.train(task.TrainRun(profile, "ae", "reconstruct", 0), faces, tmp_path / "a.pt", tmp_path / "p.pt",
-                   torch.device("cpu"), progress=False)
+        gen.train("ae", "reconstruct")
 
 
-def test_training_resumes_bit_identically(profile, faces, tmp_path, monkeypatch):
+def test_cell_settings_cover_only_their_method(gen):
+    """A Table 4 cell that reconstructs with Adam on an explicit decoder does not read JIIO's settings, and vice
+    versa: editing one leaves the other's rerun hash alone."""
+    edited = settings(jiio={"memory": 7}, adam={"lr_explicit": 0.05})
+    vae_adam = lambda s: cell_job(s, "table4", "unsup_vae_adam", "denoise0.2")  # noqa: E731
+    jiio_row = lambda s: cell_job(s, "table4", "unsup_jiio100", "denoise0.2")  # noqa: E731
+    assert vae_adam(gen).method.solver is None and vae_adam(gen) != vae_adam(edited)
+    assert jiio_row(gen) != jiio_row(edited)
+    assert settings(jiio={"memory": 7}).train("vae", "reconstruct") == gen.train("vae", "reconstruct")
+    assert {r.key for r in TABLE4_ROWS} >= {"sup_ae", "unsup_jiio40"}
+
+
+def test_training_resumes_bit_identically(gen, faces, tmp_path, monkeypatch):
     """An interrupted run resumes from its partial checkpoint and ends where an uninterrupted one ends."""
-    cpu = torch.device("cpu")
-    run = task.TrainRun(profile, "vae", "reconstruct", 3)
-    task.train(run, faces, tmp_path / "full.pt", tmp_path / "full.partial", cpu, progress=False)
-
-    original = task._train_step
+    job = gen.train("vae", "reconstruct")
+    task.train(job, faces, 3, tmp_path / "full.pt", tmp_path / "full.partial", CPU, progress=False)
+    original = methods.TRAINING_STEPS["conv_autoencoder"]
     calls = {"n": 0}
 
     def interrupted(*args, **kwargs):
@@ -78,65 +95,55 @@ def test_training_resumes_bit_identically(profile, faces, tmp_path, monkeypatch)
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(task, "_train_step", interrupted)
+    monkeypatch.setitem(methods.TRAINING_STEPS, "conv_autoencoder", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        task.train(run, faces, tmp_path / "resumed.pt", tmp_path / "resumed.partial", cpu, progress=False)
+        task.train(job, faces, 3, tmp_path / "resumed.pt", tmp_path / "resumed.partial", CPU, progress=False)
     assert (tmp_path / "resumed.partial").exists() and not (tmp_path / "resumed.pt").exists()
-    monkeypatch.setattr(task, "_train_step", original)
-    task.train(run, faces, tmp_path / "resumed.pt", tmp_path / "resumed.partial", cpu, progress=False)
+    monkeypatch.setitem(methods.TRAINING_STEPS, "conv_autoencoder", original)
+    task.train(job, faces, 3, tmp_path / "resumed.pt", tmp_path / "resumed.partial", CPU, progress=False)
     assert not (tmp_path / "resumed.partial").exists()
-    full = torch.load(tmp_path / "full.pt", weights_only=False)["model"]
-    resumed = torch.load(tmp_path / "resumed.pt", weights_only=False)["model"]
+    full, resumed = load_artifact(tmp_path / "full.pt")["model"], load_artifact(tmp_path / "resumed.pt")["model"]
     for key in full:
         torch.testing.assert_close(full[key], resumed[key], rtol=0, atol=0)
 
 
-def test_divergence_stops_without_a_checkpoint(profile, faces, tmp_path, monkeypatch):
-    def nan_step(model, run, clean, observed, mask, kl_scale):
+def test_divergence_stops_without_a_checkpoint(gen, faces, tmp_path, monkeypatch):
+    def nan_step(model, job, clean, observed, mask, kl_scale):
         loss = sum(p.sum() for p in model.parameters()) * float("nan")
-        return loss, loss.detach(), loss.detach()
+        return StepOutput(loss, {}, loss.detach())
 
-    monkeypatch.setattr(task, "_train_step", nan_step)
+    monkeypatch.setitem(methods.TRAINING_STEPS, "conv_autoencoder", nan_step)
     with pytest.raises(DivergenceError, match="non-finite"):
-        task.train(task.TrainRun(profile, "ae", "denoise0.2", 0), faces, tmp_path / "x.pt", tmp_path / "x.partial",
-                   torch.device("cpu"), progress=False)
+        task.train(gen.train("ae", "denoise0.2"), faces, 0, tmp_path / "x.pt", tmp_path / "x.partial", CPU,
+                   progress=False)
     assert not (tmp_path / "x.pt").exists()
 
 
-def test_checkpoints_refuse_a_different_configuration(profile, faces, tmp_path):
-    cpu = torch.device("cpu")
-    task.train(task.TrainRun(profile, "ae", "inpaint20", 0), faces, tmp_path / "ae.pt", tmp_path / "ae.partial", cpu,
+def test_checkpoints_refuse_another_architecture(gen, faces, tmp_path):
+    task.train(gen.train("ae", "inpaint20"), faces, 0, tmp_path / "ae.pt", tmp_path / "ae.partial", CPU,
                progress=False)
-    model, state = task.load_checkpoint(profile, tmp_path / "ae.pt", cpu)
+    model, state = task.load_model(gen.architecture("ae"), tmp_path / "ae.pt", CPU)
     assert state["name"] == "ae" and not model.training
-    other = load_profile("params.yaml", "embedded")
-    with pytest.raises(ConfigError, match="different training settings"):
-        task.load_checkpoint(other, tmp_path / "ae.pt", cpu)
-    # Evaluation, timing and adversarial settings are not training settings: the checkpoint stays valid.
-    edited = {**profile, "description": "edited", "generative": {**profile["generative"],
-              "eval": {**profile["generative"]["eval"], "limit": 3}}}
-    task.load_checkpoint(edited, tmp_path / "ae.pt", cpu)
-    retrained = {**profile, "generative": {**profile["generative"],
-                 "train": {**profile["generative"]["train"], "lr": 0.5}}}
-    with pytest.raises(ConfigError, match="different training settings"):
-        task.load_checkpoint(retrained, tmp_path / "ae.pt", cpu)
+    wider = settings(conv_ae={"channels": [8, 16, 32]})
+    with pytest.raises(ConfigError, match="another architecture"):
+        task.load_model(wider.architecture("ae"), tmp_path / "ae.pt", CPU)
 
 
-def test_jiio_training_step_and_table4_cell(profile, faces, tmp_path):
+def test_jiio_training_step_and_table4_cell(gen, faces, tmp_path):
     """One supervised JIIO-MDEQ (eq. 24, IFT backward) training run and its Table 4 cell, both PSNR conventions."""
-    cpu = torch.device("cpu")
-    summary = task.train(task.TrainRun(profile, "jiio100", "inpaint20", 0), faces, tmp_path / "j.pt",
-                         tmp_path / "j.partial", cpu, progress=False)
-    assert summary["steps"] == profile["generative"]["train"]["inverse_steps"]
-    cell = task.table4_cell("sup_jiio100", "inpaint20", profile, str(tmp_path / "j.pt"), faces, cpu, progress=False)
-    assert cell["n_images"] == profile["generative"]["eval"]["limit"]
+    summary = task.train(gen.train("jiio100", "inpaint20"), faces, 0, tmp_path / "j.pt", tmp_path / "j.partial", CPU,
+                         progress=False)
+    assert summary["steps"] == gen.params.train.inverse_steps
+    cell = task.evaluate_cell(cell_job(gen, "table4", "sup_jiio100", "inpaint20"), str(tmp_path / "j.pt"), None,
+                              faces, CPU, progress=False)
+    assert cell["n_images"] == gen.params.eval.limit
     assert cell["median_psnr_01"] > cell["reference_batch_psnr"]["median"]  # [0,1] range: ~6 dB higher
     json.dumps(cell)
 
 
-def test_adam_baseline_computes_the_injection_once_per_solve(profile, monkeypatch):
+def test_adam_baseline_computes_the_injection_once_per_solve(gen, monkeypatch):
     """The latent maps are evaluated once per forward solve (x is fixed within it), not once per iteration."""
-    model = task.build_model(profile, "jiio40", 1).eval()
+    model = methods.build_model(gen.architecture("jiio40"), 1).eval()
     calls = {"n": 0}
     inject = model.inject
 
@@ -146,28 +153,25 @@ def test_adam_baseline_computes_the_injection_once_per_solve(profile, monkeypatc
 
     monkeypatch.setattr(model, "inject", counting)
     observed = torch.rand(2, 1, 16, 16) * 2 - 1
-    steps = 3
-    result = task.adam_reconstruct_deq(model, observed, None, profile, steps)
-    forward_iterations = profile["generative"]["solver"]["forward"]["max_iter"]
-    assert result.nfe == steps * forward_iterations
-    assert calls["n"] <= 2 * steps  # one no-grad solve and one differentiable attach per step
+    solve = gen.adam("jiio40")
+    result = methods.adam_reconstruct_deq(model, observed, None, solve)
+    assert result.nfe == solve.steps * gen.params.solver.forward.max_iter
+    assert calls["n"] <= 2 * solve.steps  # one no-grad solve and one differentiable attach per step
 
 
-def test_flip_augmentation_differs_between_batches_of_an_epoch(profile, faces, tmp_path, monkeypatch):
+def test_flip_augmentation_differs_between_batches_of_an_epoch(faces, tmp_path, monkeypatch):
     """Each batch gets its own random flips (a per-step reseed once gave every batch of an epoch the same pattern)."""
     seen = []
 
-    def record(model, run, clean, observed, mask, kl_scale):
+    def record(model, job, clean, observed, mask, kl_scale):
         seen.append(clean.clone())
         loss = sum(p.sum() for p in model.parameters()) * 0.0
-        return loss, loss.detach(), loss.detach()
+        return StepOutput(loss, {}, loss.detach())
 
-    monkeypatch.setattr(task, "_train_step", record)
-    train = {**profile["generative"]["train"], "batch_size": 40}
-    smoke = {**profile, "generative": {**profile["generative"], "train": train}}
-    task.train(task.TrainRun(smoke, "ae", "denoise0.2", 0), faces, tmp_path / "f.pt", tmp_path / "f.partial",
-               torch.device("cpu"), progress=False)
-    originals = task.to_model_range(faces["train"], torch.device("cpu"))
+    monkeypatch.setitem(methods.TRAINING_STEPS, "conv_autoencoder", record)
+    job = settings(train={"batch_size": 40}).train("ae", "denoise0.2")
+    task.train(job, faces, 0, tmp_path / "f.pt", tmp_path / "f.partial", CPU, progress=False)
+    originals = methods.to_model_range(faces["train"], CPU)
 
     def flip_pattern(batch_images):
         return [not any(torch.equal(img, o) for o in originals) for img in batch_images]

@@ -71,6 +71,10 @@ class DatasetSpec:
     embedded: bool = False  # True: needs no files under root
     options: Mapping[str, Any] = field(default_factory=dict)  # dataset-specific options and defaults
     splits: tuple[str, ...] = SPLITS
+    label: str = ""  # how tables name it (e.g. "CIFAR-10"); defaults to ``name``
+
+    def display_name(self) -> str:
+        return self.label or self.name
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -79,12 +83,12 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec(
             "mnist", load_mnist, (1, 28, 28), 10,
             "MNIST from the raw IDX files <root>/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]; "
-            "60000 train / 10000 test",
+            "60000 train / 10000 test", label="MNIST",
         ),
         DatasetSpec(
             "cifar10", load_cifar10, (3, 32, 32), 10,
             "CIFAR-10 from the python pickle batches <root>/cifar-10-batches-py/{data_batch_1..5,test_batch}; "
-            "50000 train / 10000 test",
+            "50000 train / 10000 test", label="CIFAR-10",
         ),
         DatasetSpec(
             "digits28", load_digits28, (1, 28, 28), 10,

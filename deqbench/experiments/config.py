@@ -1,25 +1,80 @@
-"""params.yaml loading: profile inheritance and schema validation with errors that name the key."""
+"""params.yaml: profiles, inheritance, validation and the resolved profile every job reads.
+
+A profile has a few common keys (:class:`CommonParams`) and one block per registered task, declared by that task
+as a frozen dataclass (``Task.params``).  The JSON schema is generated from those declarations
+(:func:`params_schema`), so a misspelt key or a bad value is reported by its dotted path
+(``profiles.embedded.jiio_adversarial.train: Additional properties are not allowed ('lr_rate' was unexpected)``)
+before any job starts.
+
+Snakemake resolves the profile once (with ``--configfile`` and ``--config`` overrides applied), writes it to a
+content-addressed JSON file (:func:`write_resolved`) and hands that file to every job, so a job reads exactly the
+settings its DAG was built from.
+"""
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
+import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Mapping
 
 import jsonschema
 import yaml
 
-SCHEMA_PATH = Path(__file__).with_name("schemas") / "params.schema.yaml"
+from deqbench.experiments.io import atomic_write_text
+from deqbench.experiments.settings import (
+    ConfigError, NonNegativeInt, constraint, from_mapping, schema_of, settings_hash,
+)
+
+__all__ = ["CommonParams", "ConfigError", "ProfileInfo", "load_profile", "load_resolved", "params_schema",
+           "resolve_profile", "retype_override_strings", "write_resolved"]
 
 
-class ConfigError(ValueError):
-    """A bad params.yaml, profile name or parameter; the message names the key."""
+@dataclass(frozen=True)
+class CommonParams:
+    """The keys every profile has besides the task blocks."""
+
+    description: str
+    scale: Literal["paper", "reduced"]  # paper: the papers' model sizes and training lengths; reduced: scaled down
+    device: Literal["auto", "cpu", "cuda"]
+    cuda_graph: Literal["auto", "full", "off"]  # CUDA-graph replay of solver iterations (deqbench.core.graphs)
+    seeds: Annotated[tuple[NonNegativeInt, ...], constraint(minItems=1, uniqueItems=True)]
+    data_root: str
 
 
-def load_schema() -> dict[str, Any]:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
+@dataclass(frozen=True)
+class ProfileInfo(CommonParams):
+    """The common keys of a resolved profile, with its name."""
+
+    name: str = ""
+
+    @classmethod
+    def of(cls, profile: Mapping[str, Any]) -> ProfileInfo:
+        common = {k: profile[k] for k in CommonParams.__dataclass_fields__}
+        return from_mapping(cls, {**common, "name": profile["name"]}, f"profiles.{profile['name']}")
+
+
+def params_schema(blocks: Mapping[str, type]) -> dict[str, Any]:
+    """JSON schema of params.yaml: ``profile``, and ``profiles`` whose members hold the common keys, an optional
+    ``inherits`` and one block per task (``blocks``: task name -> its params dataclass)."""
+    profile = schema_of(CommonParams)
+    profile["properties"]["inherits"] = {"type": "string", "description": "profile whose settings this one overrides"}
+    for name, block in blocks.items():
+        profile["properties"][name] = schema_of(block)
+        profile["required"].append(name)
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "deqbench params.yaml",
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["profile", "profiles"],
+        "properties": {
+            "profile": {"type": "string", "description": "name of the profile to run"},
+            "profiles": {"type": "object", "minProperties": 1, "additionalProperties": profile},
+        },
+    }
 
 
 def _strip_required(schema: Any) -> Any:
@@ -30,40 +85,39 @@ def _strip_required(schema: Any) -> Any:
     return schema
 
 
-def _key_path(error: jsonschema.ValidationError) -> str:
-    return ".".join(str(p) for p in error.absolute_path) or "<top level>"
-
-
 def _validate(instance: Any, schema: dict[str, Any], where: str) -> None:
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))
     if errors:
-        lines = [f"{where}.{_key_path(e)}: {e.message}" for e in errors[:10]]
+        lines = [f"{where}.{'.'.join(str(p) for p in e.absolute_path) or '<top level>'}: {e.message}"
+                 for e in errors[:10]]
         raise ConfigError("invalid parameters:\n  " + "\n  ".join(lines))
 
 
-def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Recursive dict merge; ``override`` wins, lists and scalars are replaced."""
-    merged = copy.deepcopy(base)
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursive merge; ``override`` wins, lists and scalars are replaced."""
+    merged = copy.deepcopy(dict(base))
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
             merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = copy.deepcopy(value)
     return merged
 
 
-def validate_params(params: dict[str, Any]) -> None:
-    """Check the raw params.yaml (profiles may be partial)."""
-    schema = load_schema()
+def _default_blocks() -> Mapping[str, type]:
+    from deqbench.experiments.registry import task_params
+
+    return task_params()
+
+
+def resolve_profile(params: Mapping[str, Any], name: str | None = None,
+                    blocks: Mapping[str, type] | None = None) -> dict[str, Any]:
+    """The fully merged, validated profile ``name`` (default ``params['profile']``) as a plain dict with ``name``."""
+    schema = params_schema(_default_blocks() if blocks is None else blocks)
     loose = _strip_required(schema)
     loose["required"] = ["profile", "profiles"]
     _validate(params, loose, "params")
-
-
-def resolve_profile(params: dict[str, Any], name: str | None = None) -> dict[str, Any]:
-    """The fully merged, validated profile ``name`` (default: ``params['profile']``)."""
-    validate_params(params)
     profiles = params["profiles"]
     name = name or params["profile"]
     if name not in profiles:
@@ -80,36 +134,13 @@ def resolve_profile(params: dict[str, Any], name: str | None = None) -> dict[str
     resolved: dict[str, Any] = {}
     for member in reversed(chain):
         resolved = deep_merge(resolved, {k: v for k, v in profiles[member].items() if k != "inherits"})
-    schema = load_schema()
-    profile_schema = dict(schema["$defs"]["profile"])
-    profile_schema["$defs"] = schema["$defs"]
-    _validate(resolved, profile_schema, f"profiles.{name}")
-    _check_cross_references(resolved, name)
+    _validate(resolved, schema["properties"]["profiles"]["additionalProperties"], f"profiles.{name}")
     resolved["name"] = name
     return resolved
 
 
-def _check_cross_references(profile: dict[str, Any], name: str) -> None:
-    datasets = set(profile["datasets"])
-    for exp, spec in profile["experiments"].items():
-        for ds in spec["datasets"]:
-            if ds not in datasets:
-                raise ConfigError(f"profiles.{name}.experiments.{exp}.datasets: {ds!r} has no entry in profiles.{name}.datasets")
-    for ds in datasets:
-        for section, key in (("model", None), ("train", "epochs"), ("attack", "jio.alpha"), ("attack", "jio.alpha_x_late")):
-            node: Any = profile[section]
-            path = f"profiles.{name}.{section}"
-            for part in (key.split(".") if key else []):
-                node = node[part]
-                path += f".{part}"
-            if ds not in node:
-                raise ConfigError(f"{path}: missing entry for dataset {ds!r}")
-    if profile["timing"]["dataset"] not in datasets:
-        raise ConfigError(f"profiles.{name}.timing.dataset: {profile['timing']['dataset']!r} is not in datasets")
-
-
-def load_profile(params_path: str | Path = "params.yaml", name: str | None = None) -> dict[str, Any]:
-    path = Path(params_path)
+def load_params(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
     if not path.exists():
         raise ConfigError(f"parameters file not found: {path}")
     try:
@@ -118,10 +149,53 @@ def load_profile(params_path: str | Path = "params.yaml", name: str | None = Non
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(params, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    return resolve_profile(params, name)
+    return params
 
 
-def config_hash(profile: dict[str, Any]) -> str:
-    """Stable short hash of a resolved profile (key order independent)."""
-    blob = json.dumps(profile, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+def load_profile(params_path: str | os.PathLike = "params.yaml", name: str | None = None) -> dict[str, Any]:
+    return resolve_profile(load_params(params_path), name)
+
+
+def _typed_leaf(text: str) -> Any:
+    """A ``--config`` string leaf as the value it spells: int, float, true/false, null, else the string itself."""
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "null": None, "none": None}.get(text.lower(), text)
+
+
+def retype_override_strings(value: Any) -> Any:
+    """Snakemake parses nested ``--config`` values with YAML's BaseLoader, so every leaf arrives as a string
+    (``'0' is not of type 'integer'``); turn the leaves back into the values they spell.  Top-level values are
+    already typed by Snakemake and are left alone by the caller."""
+    if isinstance(value, Mapping):
+        return {k: retype_override_strings(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [retype_override_strings(v) for v in value]
+    return _typed_leaf(value) if isinstance(value, str) else value
+
+
+def write_resolved(profile: Mapping[str, Any], directory: str | os.PathLike) -> Path:
+    """Write the resolved profile to ``directory/<name>-<hash>.json`` (content-addressed: never rewritten with
+    different content, so a running job's file cannot change under it) and return the path."""
+    path = Path(directory) / f"{profile['name']}-{settings_hash(profile)}.json"
+    if not path.exists():
+        atomic_write_text(path, json.dumps(profile, indent=2) + "\n")  # key order kept: lists follow it
+    return path
+
+
+def load_resolved(path: str | os.PathLike) -> dict[str, Any]:
+    """A resolved profile written by :func:`write_resolved`, re-validated against the current schema."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"resolved profile not found: {path}")
+    try:
+        profile = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: not a resolved profile (invalid JSON: {err})") from None
+    if not isinstance(profile, dict) or "name" not in profile:
+        raise ConfigError(f"{path}: not a resolved profile (no 'name')")
+    name = profile["name"]
+    return resolve_profile({"profile": name, "profiles": {name: {k: v for k, v in profile.items() if k != "name"}}})

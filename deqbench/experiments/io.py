@@ -1,9 +1,10 @@
-"""Atomic file writes: a crash never leaves a half-written output behind."""
+"""Atomic file writes (a crash never leaves a half-written output behind) and safe artefact loading."""
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, IO
@@ -46,3 +47,24 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
     return _atomic(path, lambda fh: torch.save(obj, fh))
+
+
+class UnsafeArtifactError(ValueError):
+    """A file that ``torch.load(weights_only=True)`` refuses: it holds pickled objects, not plain data."""
+
+
+def load_artifact(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """Load a checkpoint, prepared dataset or any other artefact written by :func:`atomic_torch_save`.
+
+    Only tensors and JSON-like containers are accepted (``torch.load(weights_only=True)``): a file carrying
+    pickled objects is refused with an error naming it, so a tampered or foreign file cannot run code.
+    """
+    target = Path(path)
+    if not target.exists():
+        raise FileNotFoundError(f"artefact not found: {target}")
+    try:
+        return torch.load(target, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UnsafeArtifactError(f"{target}: refused to load, it is not plain tensors and containers "
+                                  f"(torch.load weights_only=True: {first})") from None

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from deqbench.experiments.config import config_hash
+from deqbench.experiments.settings import settings_hash, to_plain
 
 PACKAGES = ("deqbench", "torch", "torchvision", "numpy", "scipy", "scikit-learn", "scikit-image", "snakemake", "dvc", "torch-fidelity")
 
@@ -27,6 +27,12 @@ def git_revision(cwd: str | Path | None = None) -> dict[str, Any]:
     rev = run("rev-parse", "HEAD")
     status = run("status", "--porcelain", "--untracked-files=no")
     return {"rev": rev, "dirty": bool(status) if status is not None else None}
+
+
+def _code_revision() -> dict[str, Any]:
+    """The git revision of the deqbench checkout (an editable install), else of the working directory."""
+    rev = git_revision(Path(__file__).resolve().parents[2])
+    return rev if rev["rev"] is not None else git_revision(Path.cwd())
 
 
 def package_versions() -> dict[str, str | None]:
@@ -54,14 +60,16 @@ def device_description(device: torch.device | str) -> dict[str, Any]:
     return info
 
 
-def provenance(profile: dict[str, Any], device: torch.device | str, seeds: list[int] | None = None, **extra: Any) -> dict[str, Any]:
-    """Everything needed to say what produced a result."""
+def provenance(settings: Any, device: torch.device | str, seeds: list[int] | None = None,
+               profile: str | None = None, **extra: Any) -> dict[str, Any]:
+    """Everything needed to say what produced a result: the job's typed settings and their hash, the profile,
+    seeds, code revision, package versions, device and command line."""
     return {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "git": git_revision(Path(__file__).resolve().parents[1]),
-        "profile": profile.get("name"),
-        "config_hash": config_hash(profile),
-        "config": profile,
+        "git": _code_revision(),
+        "profile": profile,
+        "settings": to_plain(settings),
+        "settings_hash": settings_hash(settings),
         "seeds": seeds,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
@@ -70,12 +78,3 @@ def provenance(profile: dict[str, Any], device: torch.device | str, seeds: list[
         "command": sys.argv,
         **extra,
     }
-
-
-def resolve_device(requested: str) -> torch.device:
-    """'auto' -> cuda if available else cpu; 'cuda' without a GPU is an error."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("profile asks for device 'cuda' but no CUDA device is available; use device: auto or cpu")
-    return torch.device(requested)

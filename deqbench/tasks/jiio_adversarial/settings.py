@@ -1,0 +1,250 @@
+"""The ``jiio_adversarial`` block of params.yaml and the typed settings each of its jobs reads.
+
+:class:`AdversarialParams` declares the block (its JSON schema is generated from it); :class:`AdversarialSettings`
+is built from it once per job and hands each stage exactly the slice it needs (:meth:`AdversarialSettings.train`
+and friends).  That slice is what the job's rerun hash covers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Mapping
+
+from deqbench.data import DATASETS
+from deqbench.experiments.config import ConfigError, ProfileInfo
+from deqbench.experiments.params import MDEQParams, SolverParams
+from deqbench.experiments.settings import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+
+METHODS = ("clean", "pgd", "jio")  # training methods and, in the same order, test-time attacks
+ClassifierSource = Literal[tuple(DATASETS)]  # type: ignore[valid-type]
+Selection = Literal["reference", "lowest_cost", "lowest_residual", "last"]
+Alpha = tuple[PositiveFloat, PositiveFloat, PositiveFloat]
+
+
+@dataclass(frozen=True)
+class DataParams:
+    source: ClassifierSource  # a dataset of deqbench.data (real, or an embedded stand-in)
+    image_size: PositiveInt
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    lr: PositiveFloat
+    batch_size: PositiveInt
+    epochs: Mapping[str, PositiveInt]  # per dataset
+    max_steps: PositiveInt | None  # cap on optimisation steps (null: full epochs)
+    jac_reg: NonNegativeFloat  # appendix C.4
+    jac_probes: PositiveInt
+    checkpoint_every: PositiveInt
+    log_every: PositiveInt
+    attack_pgd_steps: PositiveInt | None  # PGD steps inside adversarial training (null: attack.pgd.steps)
+    attack_jio_iterations: PositiveInt | None  # JIO iterations inside training (null: attack.jio.iterations)
+
+
+@dataclass(frozen=True)
+class PGDParams:
+    steps: PositiveInt
+    step_size: PositiveFloat
+    norm: Literal["l2", "linf"]
+
+
+@dataclass(frozen=True)
+class JIOParams:
+    iterations: PositiveInt
+    memory: PositiveInt
+    anderson_kind: Literal["I", "II"]
+    alpha: Mapping[str, Alpha]  # per dataset: (alpha_z, alpha_mu, alpha_x)
+    alpha_x_late: Mapping[str, PositiveFloat | None]  # per dataset: alpha_x after alpha_x_switch iterations
+    alpha_x_switch: NonNegativeInt
+    selection: Selection
+
+
+@dataclass(frozen=True)
+class AttackParams:
+    pgd: PGDParams
+    jio: JIOParams
+
+
+@dataclass(frozen=True)
+class EvalParams:
+    batch_size: PositiveInt
+    limit: PositiveInt | None  # evaluate on the first N test images (null: all)
+
+
+@dataclass(frozen=True)
+class TableParams:
+    datasets: tuple[str, ...]
+    eps: PositiveFloat  # L2 radius
+
+
+@dataclass(frozen=True)
+class TimingParams:
+    dataset: str
+    eps: PositiveFloat
+    batch_sizes: tuple[PositiveInt, ...]
+    repeats: PositiveInt
+    warmup: NonNegativeInt
+
+
+@dataclass(frozen=True)
+class AdversarialParams:
+    """JIIO paper section 4.3 and appendix B.2: adversarial training of MDEQ classifiers (Tables 2, 5, 8)."""
+
+    datasets: Mapping[str, DataParams]
+    model: Mapping[str, MDEQParams]  # per dataset
+    solver: SolverParams
+    train: TrainParams
+    attack: AttackParams
+    eval: EvalParams
+    tables: Mapping[str, TableParams]  # table5, table8: datasets and eps
+    timing: TimingParams  # Table 2
+
+
+# ----------------------------------------------------------------------------- what each job reads
+
+
+@dataclass(frozen=True)
+class Network:
+    """Everything needed to build one dataset's MDEQ and solve it."""
+
+    dataset: str
+    model: MDEQParams
+    solver: SolverParams
+    cuda_graph: str
+
+
+@dataclass(frozen=True)
+class Attack:
+    """PGD and JIO as run on one dataset (JIO's step sizes are per dataset)."""
+
+    pgd: PGDParams
+    jio_iterations: int
+    memory: int
+    anderson_kind: str
+    alpha: Alpha
+    alpha_x_late: float | None
+    alpha_x_switch: int
+    selection: Selection
+
+
+@dataclass(frozen=True)
+class PrepareJob:
+    dataset: str
+    data: DataParams
+    data_root: str
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    net: Network
+    method: Literal["clean", "pgd", "jio"]
+    lr: float
+    batch_size: int
+    epochs: int
+    max_steps: int | None
+    jac_reg: float
+    jac_probes: int
+    checkpoint_every: int
+    log_every: int
+    attack: Attack | None  # the (cheaper) attacks used inside adversarial training; None for clean training
+
+
+@dataclass(frozen=True)
+class EvaluateJob:
+    net: Network
+    attack: Attack
+    eval: EvalParams
+
+
+@dataclass(frozen=True)
+class TimingJob:
+    net: Network
+    attack: Attack
+    timing: TimingParams
+
+
+@dataclass(frozen=True)
+class TableJob:
+    table: str
+    datasets: tuple[str, ...]
+    eps: float
+    seeds: tuple[int, ...]
+    profile: str
+    scale: str
+
+
+@dataclass(frozen=True)
+class AdversarialSettings:
+    """The validated block plus the profile's common keys; its methods give each job its settings."""
+
+    info: ProfileInfo
+    params: AdversarialParams
+
+    def network(self, dataset: str) -> Network:
+        return Network(dataset, self.params.model[dataset], self.params.solver, self.info.cuda_graph)
+
+    def attack(self, dataset: str, training: bool = False) -> Attack:
+        """PGD / JIO settings on ``dataset``; ``training``: with the ``train.attack_*`` step counts."""
+        a, t = self.params.attack, self.params.train
+        pgd = a.pgd
+        iterations = a.jio.iterations
+        if training and t.attack_pgd_steps is not None:
+            pgd = PGDParams(t.attack_pgd_steps, pgd.step_size, pgd.norm)
+        if training and t.attack_jio_iterations is not None:
+            iterations = t.attack_jio_iterations
+        late = a.jio.alpha_x_late[dataset]
+        switch_used = late is not None and a.jio.alpha_x_switch < iterations
+        return Attack(pgd, iterations, a.jio.memory, a.jio.anderson_kind, a.jio.alpha[dataset],
+                      late if switch_used else None, a.jio.alpha_x_switch if switch_used else 0, a.jio.selection)
+
+    def prepare(self, dataset: str) -> PrepareJob:
+        self._check_dataset(dataset, "--dataset")
+        return PrepareJob(dataset, self.params.datasets[dataset], self.info.data_root)
+
+    def train(self, dataset: str, method: str) -> TrainJob:
+        self._check_dataset(dataset, "--dataset")
+        if method not in METHODS:
+            raise ConfigError(f"unknown training method {method!r}; known: {list(METHODS)}")
+        t = self.params.train
+        return TrainJob(self.network(dataset), method, t.lr, t.batch_size, t.epochs[dataset], t.max_steps, t.jac_reg,
+                        t.jac_probes, t.checkpoint_every, t.log_every,
+                        None if method == "clean" else self.attack(dataset, training=True))
+
+    def evaluate(self, dataset: str) -> EvaluateJob:
+        self._check_dataset(dataset, "--dataset")
+        return EvaluateJob(self.network(dataset), self.attack(dataset), self.params.eval)
+
+    def timing(self) -> TimingJob:
+        dataset = self.params.timing.dataset
+        return TimingJob(self.network(dataset), self.attack(dataset), self.params.timing)
+
+    def table(self, name: str) -> TableJob:
+        if name == "table2":
+            return TableJob(name, (self.params.timing.dataset,), self.params.timing.eps, self.info.seeds,
+                            self.info.name, self.info.scale)
+        spec = self.params.tables[name]
+        return TableJob(name, spec.datasets, spec.eps, self.info.seeds, self.info.name, self.info.scale)
+
+    def _check_dataset(self, dataset: str, what: str) -> None:
+        if dataset not in self.params.datasets:
+            raise ConfigError(f"{what} {dataset!r} is not in profiles.{self.info.name}.jiio_adversarial.datasets "
+                              f"({sorted(self.params.datasets)})")
+
+
+def build_settings(info: ProfileInfo, params: AdversarialParams) -> AdversarialSettings:
+    """Check the block's cross-references (every dataset a table, timing or attack names has its entries)."""
+    where = f"profiles.{info.name}.jiio_adversarial"
+    datasets = set(params.datasets)
+    for name, table in params.tables.items():
+        for ds in table.datasets:
+            if ds not in datasets:
+                raise ConfigError(f"{where}.tables.{name}.datasets: {ds!r} has no entry in {where}.datasets")
+    if params.timing.dataset not in datasets:
+        raise ConfigError(f"{where}.timing.dataset: {params.timing.dataset!r} is not in {where}.datasets")
+    for ds in sorted(datasets):
+        for path, mapping in (("model", params.model), ("train.epochs", params.train.epochs),
+                              ("attack.jio.alpha", params.attack.jio.alpha),
+                              ("attack.jio.alpha_x_late", params.attack.jio.alpha_x_late)):
+            if ds not in mapping:
+                raise ConfigError(f"{where}.{path}: missing entry for dataset {ds!r}")
+    return AdversarialSettings(info, params)

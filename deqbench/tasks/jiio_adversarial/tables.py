@@ -1,0 +1,142 @@
+"""Tables 2, 5 and 8 of the JIIO paper as deqbench reproduces them, with the paper's printed values as reference."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any, Sequence
+
+from deqbench.data import DATASETS
+from deqbench.experiments.config import ConfigError
+from deqbench.experiments.runtime import device_name
+from deqbench.experiments.tables import Column, TableRows, TableSpec, measured_on, read_results
+from deqbench.tasks.jiio_adversarial.settings import METHODS, TableJob
+
+TASK = "jiio_adversarial"
+PAPER = "jiio"
+
+# JIIO paper (Gurumurthy et al., NeurIPS 2021), accuracy mean and std over seeds; rows train / columns test.
+PAPER_TABLE5 = {
+    "mnist": {"clean": {"clean": (99.45, 0.03), "pgd": (80.1, 1.87), "jio": (65.88, 4.72)},
+              "pgd": {"clean": (99.18, 0.03), "pgd": (96.53, 0.05), "jio": (95.74, 0.04)},
+              "jio": {"clean": (99.32, 0.09), "pgd": (95.74, 0.22), "jio": (96.63, 0.58)}},
+    "cifar10": {"clean": {"clean": (78.47, 0.94), "pgd": (2.38, 0.41), "jio": (3.71, 4.01)},
+                "pgd": {"clean": (54.91, 1.01), "pgd": (37.4, 0.26), "jio": (36.17, 0.55)},
+                "jio": {"clean": (55.54, 0.82), "pgd": (37.31, 0.67), "jio": (37.77, 0.84)}},
+}
+PAPER_TABLE8 = {  # CIFAR-10, eps = 0.5 (appendix B.2)
+    "cifar10": {"clean": {"clean": (78.47, 0.94), "pgd": (4.54, 1.33), "jio": (4.85, 2.93)},
+                "pgd": {"clean": (68.48, 0.81), "pgd": (51.77, 0.75), "jio": (50.14, 0.74)},
+                "jio": {"clean": (67.79, 2.33), "pgd": (51.39, 0.56), "jio": (51.25, 0.66)}},
+}
+PAPER_TABLE2_MS = {"pgd": 4360.0, "jio": 1401.0}  # one MNIST adversarial example, RTX 2080 Ti
+
+
+def dataset_label(dataset: str) -> str:
+    """The table's name for a dataset key: the registry's label for real datasets (MNIST, CIFAR-10)."""
+    return DATASETS[dataset].display_name() if dataset in DATASETS else dataset
+
+
+def _settings(table: str):
+    return lambda settings: settings.table(table)
+
+
+# ----------------------------------------------------------------------------- Tables 5 and 8
+
+
+ROBUSTNESS_COLUMNS = (
+    Column("dataset"), Column("eps", "eps (L2)"), Column("train_method", "train"), Column("test_method", "test"),
+    Column("accuracy_mean", "accuracy", "%"), Column("accuracy_std", "std over seeds", "%"),
+    Column("n_seeds", "seeds"), Column("n_test", "test images"),
+    Column("paper_value", "accuracy", "%", reference_for="accuracy_mean"),
+    Column("paper_std", "std", "%", reference_for="accuracy_std"),
+    Column("profile"), Column("data_source", "data"),
+)
+
+
+def _robustness_builder(reference: dict[str, Any]):
+    def build(job: TableJob, files: Sequence[str]) -> TableRows:
+        """Rows (dataset, train method, test method): mean and sample std over seeds."""
+        cells: dict[tuple[str, str, str], list[float]] = {}
+        sources: dict[str, str] = {}
+        n_test: dict[str, int] = {}
+        results = read_results(files)
+        for r in results:
+            train = r["train"]
+            if abs(r["eps"] - job.eps) > 1e-12:
+                raise ConfigError(f"{r['_file']}: evaluated at eps={r['eps']}, but {job.table} uses eps={job.eps}")
+            sources[train["dataset"]], n_test[train["dataset"]] = r["data_source"], r["n_test"]
+            for test_method, acc in r["accuracy"].items():
+                cells.setdefault((train["dataset"], train["method"], test_method), []).append(acc)
+        rows = []
+        for dataset in job.datasets:
+            for train_method in METHODS:
+                for test_method in METHODS:
+                    values = cells.get((dataset, train_method, test_method))
+                    if not values:
+                        raise ConfigError(f"{job.table}: no evaluation for dataset={dataset} train={train_method} "
+                                          f"test={test_method}")
+                    paper = reference.get(dataset, {}).get(train_method, {}).get(test_method)
+                    rows.append({"dataset": dataset_label(dataset), "eps": job.eps, "train_method": train_method,
+                                 "test_method": test_method, "accuracy_mean": statistics.fmean(values),
+                                 "accuracy_std": statistics.stdev(values) if len(values) > 1 else float("nan"),
+                                 "n_seeds": len(values), "n_test": n_test[dataset],
+                                 "paper_value": paper[0] if paper else None, "paper_std": paper[1] if paper else None,
+                                 "profile": job.profile, "data_source": sources[dataset]})
+        seeds = sorted({r["train"]["seed"] for r in results})
+        return TableRows(rows, {"eps": job.eps, "seeds": seeds, "profile": job.profile},
+                         {"seeds": seeds, "eval_files": sorted(files), "measured_on": measured_on(results)})
+
+    return build
+
+
+def _robustness_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {f"{r['dataset']}/{r['train_method']}-trained/{r['test_method']}": r["accuracy_mean"] for r in rows}
+
+
+ROBUSTNESS_CAPTION = ("Accuracy (%) of MDEQ classifiers under L2 attacks of radius {eps:g}: rows are the training "
+                      "method (clean, PGD or JIO adversarial training), columns the attack at test time (none, PGD, "
+                      "JIO); mean and sample std over seeds {seeds}; profile `{profile}`.")
+
+TABLE5 = TableSpec("table5", TASK, PAPER, "JIIO paper, Table 5 (MNIST and CIFAR-10, eps = 1)",
+                   "Table 5: L2 adversarial training", ROBUSTNESS_CAPTION, ROBUSTNESS_COLUMNS, _settings("table5"),
+                   _robustness_builder(PAPER_TABLE5), _robustness_metrics)
+TABLE8 = TableSpec("table8", TASK, PAPER, "JIIO paper, Table 8 (CIFAR-10, eps = 0.5)",
+                   "Table 8: L2 adversarial training, CIFAR-10", ROBUSTNESS_CAPTION, ROBUSTNESS_COLUMNS,
+                   _settings("table8"), _robustness_builder(PAPER_TABLE8), _robustness_metrics)
+
+
+# ----------------------------------------------------------------------------- Table 2
+
+
+def _build_table2(job: TableJob, files: Sequence[str]) -> TableRows:
+    (result,) = read_results(files)
+    device = device_name(result["provenance"]["device"])
+    rows = [{**row, "paper_value_ms": PAPER_TABLE2_MS[row["method"]],
+             "paper_ratio": PAPER_TABLE2_MS["pgd"] / PAPER_TABLE2_MS["jio"], "device": device,
+             "profile": job.profile, "data_source": result["data_source"]} for row in result["rows"]]
+    return TableRows(rows, {"profile": job.profile, "device": device},
+                     {"timing_file": files[0], "measured_on": [result["provenance"]["device"]], "seeds": [0]})
+
+
+def _table2_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for r in rows:
+        out[f"batch{r['batch_size']}/{r['method']}{r['iterations']}_ms_per_example"] = r["ms_per_example"]
+        out[f"batch{r['batch_size']}/pgd_over_jio"] = r["pgd_over_jio"]
+    return out
+
+
+TABLE2 = TableSpec(
+    "table2", TASK, PAPER, "JIIO paper, Table 2 (MNIST, RTX 2080 Ti, one example)",
+    "Table 2: time to compute an adversarial example",
+    "Time to compute an L2 adversarial example of an MDEQ, PGD vs JIO, timed side by side in one process with "
+    "device synchronisation on {device}; profile `{profile}`.",
+    (Column("method"), Column("iterations"), Column("batch_size", "batch"), Column("ms_per_example", "time", "ms/example"),
+     Column("ms_per_call", "time", "ms/call"), Column("pgd_over_jio", "PGD / JIO"),
+     Column("paper_value_ms", "time", "ms/example", reference_for="ms_per_example"),
+     Column("paper_ratio", "PGD / JIO", reference_for="pgd_over_jio"),
+     Column("device"), Column("profile"), Column("data_source", "data")),
+    _settings("table2"), _build_table2, _table2_metrics,
+)
+
+TABLES = (TABLE2, TABLE5, TABLE8)

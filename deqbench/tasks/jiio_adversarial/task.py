@@ -1,0 +1,287 @@
+"""Adversarial robustness of MDEQ classifiers: JIIO paper section 4.3, appendix B.2 (Tables 2, 5 and 8).
+
+Three training methods (clean, PGD adversarial training, JIO adversarial training, eq. 26) and three test
+conditions (clean, PGD-20, JIO-80), all with L2 perturbations of radius eps.  Stages (``python -m deqbench
+jiio_adversarial STAGE``): ``prepare`` a dataset, ``train`` one model, ``evaluate`` one checkpoint at one eps,
+``timing`` PGD vs JIO side by side (Table 2).  Each takes its typed settings from :mod:`.settings`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm import tqdm
+
+from deqbench.core.deq import fixed_point
+from deqbench.core.jacobian import hutchinson_jacobian_loss
+from deqbench.core.norms import reset_norms
+from deqbench.core.state import flat_map, spec_of
+from deqbench.data import load_dataset
+from deqbench.experiments.config import ConfigError
+from deqbench.experiments.io import atomic_torch_save, atomic_write_json, load_artifact
+from deqbench.experiments.registry import Job
+from deqbench.experiments.runtime import DivergenceError, data_source_label, seed_everything, sync
+from deqbench.experiments.settings import settings_hash, to_plain
+from deqbench.experiments.trainer import EpochBatches, LoopSettings, StepOutput, fit
+from deqbench.inputopt.baselines import pgd
+from deqbench.inputopt.jiio import JIIOResult, jiio
+from deqbench.models.mdeq import MDEQClassifier
+from deqbench.tasks.jiio_adversarial.settings import Attack, EvaluateJob, Network, PrepareJob, TimingJob, TrainJob
+
+# ----------------------------------------------------------------------------- data and model
+
+
+def prepare_dataset(job: PrepareJob) -> dict[str, Any]:
+    """Both splits of the job's dataset, resized to its image size, with where they came from."""
+    size = job.data.image_size
+    splits: dict[str, Any] = {}
+    for split in ("train", "test"):
+        data = load_dataset(job.data.source, split, root=job.data_root)
+        images = data.images
+        if images.shape[-2:] != (size, size):
+            images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
+                                   antialias=True).clamp_(0, 1)
+        splits[split] = {"images": images.contiguous(), "labels": data.labels.clone()}
+        meta = {"name": data.name, "source": data.source, "stand_in_for": data.stand_in_for,
+                "num_classes": data.num_classes}
+    return {"dataset": job.dataset, "image_size": size, "meta": meta, **splits}
+
+
+def build_model(net: Network, in_channels: int, num_classes: int) -> MDEQClassifier:
+    return MDEQClassifier(net.model.config(in_channels, num_classes))
+
+
+def load_model(net: Network, path: str | Path, device: torch.device) -> tuple[MDEQClassifier, dict[str, Any]]:
+    """A trained classifier; refuses a checkpoint whose architecture differs from the settings'."""
+    state = load_artifact(path, device)
+    if state.get("model_settings") != to_plain(net.model):
+        raise ConfigError(f"{path} holds an MDEQ with other model settings than jiio_adversarial.model."
+                          f"{net.dataset} now has; retrain it")
+    model = build_model(net, state["in_channels"], state["num_classes"]).to(device)
+    model.load_state_dict(state["model"])
+    model.eval()
+    reset_norms(model)
+    return model, state
+
+
+def equilibrium(model: MDEQClassifier, images: Tensor, net: Network, stats: dict[str, Any] | None = None):
+    """z* of the MDEQ at ``images`` (differentiable when grad is enabled) and the layer map."""
+    injection = model.inject(images)
+
+    def layer(z):
+        return model.layer(z, injection)
+
+    z = fixed_point(layer, model.z0(images), stats=stats, **net.solver.fixed_point_kwargs(net.cuda_graph))
+    return z, layer
+
+
+# ----------------------------------------------------------------------------- attacks
+
+
+def pgd_perturbation(model: MDEQClassifier, images: Tensor, labels: Tensor, net: Network, attack: Attack,
+                     eps: float) -> Tensor:
+    """PGD on the L2 (or Linf) ball: every step a full MDEQ solve plus implicit backward."""
+    result = pgd(model.layer_fn(images), model.cost_fn(labels), model.z0(images), torch.zeros_like(images),
+                 steps=attack.pgd.steps, step_size=attack.pgd.step_size, projection=attack.pgd.norm, eps=eps,
+                 normalized_step=True, forward=net.solver.forward_kwargs(net.cuda_graph),
+                 backward_options=net.solver.backward_options(net.cuda_graph))
+    return result.x.detach()
+
+
+def jio_attack(model: MDEQClassifier, images: Tensor, labels: Tensor, net: Network, attack: Attack, eps: float,
+               jac_reg: int = 0) -> JIIOResult:
+    """JIIO on the augmented (z, mu, delta) system with the inner cost -CE (eq. 26); ``jac_reg``: Hutchinson
+    probes of the Jacobian regulariser at a random trajectory iterate (0: none)."""
+    options: dict[str, Any] = {}
+    if attack.alpha_x_late is not None:
+        options.update(alpha_x_late=attack.alpha_x_late, alpha_x_switch=attack.alpha_x_switch)
+    if jac_reg:
+        options.update(jac_reg="trajectory", jac_reg_probes=jac_reg)
+    return jiio(model.layer_fn(images), model.cost_fn(labels), model.z0(images), torch.zeros_like(images),
+                max_iter=attack.jio_iterations, alpha=attack.alpha, method="anderson",
+                solver_options={"m": attack.memory, "kind": attack.anderson_kind}, projection="l2", eps=eps,
+                normalized_step=True, selection=attack.selection, backward="mu", cuda_graph=net.cuda_graph, **options)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def training_step(model: MDEQClassifier, images: Tensor, labels: Tensor, job: TrainJob, eps: float) -> StepOutput:
+    """Loss of one step of clean, PGD or JIO adversarial training (eq. 26), with Jacobian regularisation."""
+    reset_norms(model)
+    lam = job.jac_reg
+    if job.method == "jio":
+        result = jio_attack(model, images, labels, job.net, job.attack, eps, jac_reg=job.jac_probes if lam > 0 else 0)
+        ce = F.cross_entropy(model.logits(result.z), labels)
+        loss = ce + lam * result.jac_loss if result.jac_loss is not None else ce
+        return StepOutput(loss, {"ce": ce.detach(), "residual": result.residual.mean()}, result.residual)
+    if job.method == "pgd":
+        with torch.enable_grad():
+            images = images + pgd_perturbation(model, images, labels, job.net, job.attack, eps)
+    stats: dict[str, Any] = {}
+    z, layer = equilibrium(model, images, job.net, stats)
+    ce = F.cross_entropy(model.logits(z), labels)
+    loss = ce
+    if lam > 0:
+        spec = spec_of(z)
+        loss = ce + lam * hutchinson_jacobian_loss(flat_map(layer, spec), spec.flatten(z).detach(), job.jac_probes)
+    residual = stats["forward"].residual
+    return StepOutput(loss, {"ce": ce.detach(), "residual": residual.mean()}, residual)
+
+
+def train(job: TrainJob, data: dict[str, Any], eps: float, seed: int, out: str | Path, partial: str | Path,
+          device: torch.device, progress: bool = True) -> dict[str, Any]:
+    """Train one model; resumable from ``partial``; the final checkpoint is written atomically."""
+    seed_everything(seed)
+    images_all, labels_all = data["train"]["images"], data["train"]["labels"]
+    in_channels, num_classes = images_all.shape[1], data["meta"]["num_classes"]
+    model = build_model(job.net, in_channels, num_classes).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=job.lr)
+    batches = EpochBatches(len(labels_all), job.batch_size, seed)
+    steps = batches.steps_per_epoch * job.epochs
+    if job.max_steps is not None:
+        steps = min(steps, job.max_steps)
+
+    def step_fn(step: int) -> StepOutput:
+        idx = batches(step).indices
+        return training_step(model, images_all[idx].to(device), labels_all[idx].to(device), job, eps)
+
+    key = f"{job.net.dataset}_{job.method}_eps{eps:g}_seed{seed}"
+    loop = LoopSettings(steps, job.checkpoint_every, job.log_every, job.lr)
+    summary = {"dataset": job.net.dataset, "method": job.method, "eps": eps, "seed": seed,
+               "data_source": data_source_label(data["meta"]), "model": model.describe(),
+               "num_parameters": model.num_parameters(), "epochs": batches.epochs(steps)}
+    meta = {"in_channels": in_channels, "num_classes": num_classes, "model_settings": to_plain(job.net.model)}
+    return fit(key=key, model=model, optimizer=optimizer, step_fn=step_fn, loop=loop, out_path=out,
+               partial_path=partial, settings_hash=settings_hash(job), device=device, summary=summary,
+               checkpoint_meta=meta, progress=progress)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def _correct(model: MDEQClassifier, images: Tensor, labels: Tensor, net: Network) -> Tensor:
+    with torch.no_grad():
+        z, _ = equilibrium(model, images, net)
+        return (model.logits(z).argmax(1) == labels).float().sum()
+
+
+def evaluate(job: EvaluateJob, checkpoint: str | Path, data: dict[str, Any], eps: float, device: torch.device,
+             progress: bool = True) -> dict[str, Any]:
+    """Clean, PGD and JIO robust accuracy (percent) on the test split.
+
+    After each attack the DEQ is solved again from zero at x + delta and the prediction is read from that
+    equilibrium (as the reference's JIO evaluation does), so both attacks are scored the same way.
+    """
+    model, state = load_model(job.net, checkpoint, device)
+    images_all, labels_all = data["test"]["images"], data["test"]["labels"]
+    if job.eval.limit is not None:
+        images_all, labels_all = images_all[: job.eval.limit], labels_all[: job.eval.limit]
+    correct = {m: torch.zeros((), device=device) for m in ("clean", "pgd", "jio")}
+    max_norm = torch.zeros((), device=device)
+    seed_everything(0)
+    batch = job.eval.batch_size
+    for start in tqdm(range(0, len(labels_all), batch), desc=f"eval {Path(checkpoint).stem} eps={eps:g}",
+                      disable=not progress):
+        images = images_all[start : start + batch].to(device)
+        labels = labels_all[start : start + batch].to(device)
+        correct["clean"] += _correct(model, images, labels, job.net)
+        delta = pgd_perturbation(model, images, labels, job.net, job.attack, eps)
+        correct["pgd"] += _correct(model, images + delta, labels, job.net)
+        with torch.no_grad():
+            jio_delta = jio_attack(model, images, labels, job.net, job.attack, eps).x
+        correct["jio"] += _correct(model, images + jio_delta, labels, job.net)
+        norms = torch.stack([delta.flatten(1).norm(dim=1).max(), jio_delta.flatten(1).norm(dim=1).max()])
+        max_norm = torch.maximum(max_norm, norms.max())
+    n = len(labels_all)
+    accuracy = {k: 100.0 * float(v) / n for k, v in correct.items()}
+    if not all(math.isfinite(a) for a in accuracy.values()):
+        raise DivergenceError(f"{checkpoint}: non-finite accuracy {accuracy}")
+    return {"accuracy": accuracy, "n_test": n, "eps": eps, "max_perturbation_norm": float(max_norm),
+            "train": state["summary"], "data_source": data_source_label(data["meta"])}
+
+
+# ----------------------------------------------------------------------------- timing (Table 2)
+
+
+def time_attacks(job: TimingJob, data: dict[str, Any], device: torch.device, progress: bool = True) -> list[dict[str, Any]]:
+    """ms per example to compute one adversarial example with PGD and with JIO, timed side by side.
+
+    The model is freshly initialised (seed 0): both attacks run fixed iteration counts, so their cost does not
+    depend on the weights.  Each repeat times PGD then JIO with device synchronisation; medians are reported.
+    """
+    seed_everything(0)
+    images_all, labels_all = data["test"]["images"], data["test"]["labels"]
+    model = build_model(job.net, images_all.shape[1], data["meta"]["num_classes"]).to(device).eval()
+    reset_norms(model)
+    eps, cfg = job.timing.eps, job.timing
+    rows = []
+    for batch in cfg.batch_sizes:
+        images, labels = images_all[:batch].to(device), labels_all[:batch].to(device)
+
+        def run_pgd() -> None:
+            pgd_perturbation(model, images, labels, job.net, job.attack, eps)
+
+        def run_jio() -> None:
+            with torch.no_grad():
+                jio_attack(model, images, labels, job.net, job.attack, eps)
+
+        samples: dict[str, list[float]] = {"pgd": [], "jio": []}
+        for _ in range(cfg.warmup):
+            run_pgd()
+            run_jio()
+        for _ in tqdm(range(cfg.repeats), desc=f"timing batch {batch}", disable=not progress):
+            for name, fn in (("pgd", run_pgd), ("jio", run_jio)):
+                sync(device)
+                t0 = time.perf_counter()
+                fn()
+                sync(device)
+                samples[name].append(time.perf_counter() - t0)
+        med = {k: float(np.median(v)) for k, v in samples.items()}
+        for name, iterations in (("pgd", job.attack.pgd.steps), ("jio", job.attack.jio_iterations)):
+            rows.append({"method": name, "iterations": iterations, "batch_size": len(labels),
+                         "ms_per_call": 1e3 * med[name], "ms_per_example": 1e3 * med[name] / len(labels),
+                         "repeats": cfg.repeats, "samples_ms": [1e3 * s for s in samples[name]],
+                         "pgd_over_jio": med["pgd"] / med["jio"]})
+    return rows
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def run_prepare(job: Job) -> None:
+    prepared = prepare_dataset(job.settings)
+    prepared["provenance"] = job.provenance()
+    atomic_torch_save(job.args.out, prepared)
+    print(f"{job.settings.dataset}: {data_source_label(prepared['meta'])}, train {len(prepared['train']['labels'])}, "
+          f"test {len(prepared['test']['labels'])}, {prepared['image_size']}px -> {job.args.out}")
+
+
+def run_train(job: Job) -> None:
+    a = job.args
+    summary = train(job.settings, load_artifact(a.data), a.eps, a.seed, a.out, a.partial, job.device, job.progress)
+    print(f"trained {summary['key']}: {summary['steps']} steps in {summary['train_seconds']:.1f} s")
+
+
+def run_evaluate(job: Job) -> None:
+    a = job.args
+    result = evaluate(job.settings, a.checkpoint, load_artifact(a.data), a.eps, job.device, job.progress)
+    result["provenance"] = job.provenance(seeds=[result["train"]["seed"]])
+    atomic_write_json(a.out, result)
+    print(f"{a.checkpoint}: {result['accuracy']}")
+
+
+def run_timing(job: Job) -> None:
+    data = load_artifact(job.args.data)
+    rows = time_attacks(job.settings, data, job.device, job.progress)
+    atomic_write_json(job.args.out, {"rows": rows, "data_source": data_source_label(data["meta"]),
+                                     "provenance": job.provenance(seeds=[0])})
+    for row in rows:
+        print(f"{row['method']}-{row['iterations']} batch {row['batch_size']}: {row['ms_per_example']:.2f} ms/example")

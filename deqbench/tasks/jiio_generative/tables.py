@@ -1,0 +1,305 @@
+"""Tables 1, 3, 4, the memory table and Figure 3 of the JIIO paper: their rows, columns and the paper's values.
+
+The rows of Tables 1 and 4 are declared here once (:data:`TABLE1_ROWS`, :data:`TABLE4_ROWS`): which trained model
+each uses, how it reconstructs (JIIO, Adam on the latent, or its encoder) and, for Table 1, how it samples.
+Snakemake builds its jobs from the same declarations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+from deqbench.experiments.config import ConfigError
+from deqbench.experiments.runtime import device_name
+from deqbench.experiments.tables import Column, TableRows, TableSpec, measured_on, read_results
+from deqbench.tasks.jiio_generative.settings import RECONSTRUCT, CellJob, GenerativeSettings, TableJob
+
+TASK = "jiio_generative"
+PAPER = "jiio"
+
+
+@dataclass(frozen=True)
+class Row:
+    """A row of Table 1 or 4: the model whose checkpoint it uses and how it reconstructs and samples."""
+
+    key: str
+    label: str
+    model: str
+    method: Literal["jiio", "adam", "encoder"]
+    supervised: bool = False  # trained on the cell's inverse problem (else on plain reconstruction)
+    sampling: Literal["prior", "density", "none"] = "none"
+
+    def checkpoint(self, problem: str) -> tuple[str, str]:
+        """(model, training problem) of the checkpoint this row uses for ``problem``."""
+        return self.model, problem if self.supervised else RECONSTRUCT
+
+
+TABLE1_ROWS = (
+    Row("vae", "VAE", "vae", "encoder", sampling="prior"),
+    Row("rae", "RAE", "rae", "encoder", sampling="density"),
+    Row("mdeq_vae", "MDEQ-VAE", "mdeq_vae", "encoder", sampling="prior"),
+    Row("mdeq_vae_jiio", "MDEQ-VAE (w/ JIIO)", "mdeq_vae", "jiio"),
+    Row("jiio_mdeq", "JIIO-MDEQ", "jiio40", "jiio", sampling="density"),
+)
+TABLE4_ROWS = (
+    Row("sup_ae", "AE", "ae", "encoder", supervised=True),
+    Row("sup_mdeq_ae", "MDEQ-AE", "mdeq_ae", "encoder", supervised=True),
+    Row("sup_jiio100", "JIO-MDEQ-100", "jiio100", "jiio", supervised=True),
+    Row("unsup_vae_adam", "VAE (Adam)", "vae", "adam"),
+    Row("unsup_mdeq_vae_adam", "MDEQ-VAE (Adam)", "mdeq_vae", "adam"),
+    Row("unsup_jiio40", "JIO-MDEQ-40", "jiio40", "jiio"),
+    Row("unsup_jiio100", "JIO-MDEQ-100", "jiio100", "jiio"),
+)
+ROWS = {"table1": TABLE1_ROWS, "table4": TABLE4_ROWS}
+DENSITY_MODELS = tuple(sorted({r.model for r in TABLE1_ROWS if r.sampling == "density"}))
+
+# JIIO paper (Gurumurthy et al., NeurIPS 2021), CelebA 64x64.
+PAPER_TABLE1_FID = {"vae": (48.12, 39.12), "rae": (40.96, 36.01), "mdeq_vae": (57.15, 45.81),
+                    "mdeq_vae_jiio": (None, 42.36), "jiio_mdeq": (46.82, 32.52)}  # (generation, reconstruction)
+PAPER_TABLE3_MS = {"adam40": 7659.0, "jiio40": 862.0, "jiio100": 2156.0}  # batch 1, RTX 2080 Ti
+PAPER_TABLE4_PSNR = {  # median PSNR in the reference code's convention (per batch of 48, [-1, 1] range)
+    "sup_ae": {"inpaint20": 17.9, "denoise0.2": 18.72, "denoise0.4": 18.32},
+    "sup_mdeq_ae": {"inpaint20": 17.06, "denoise0.2": 18.58, "denoise0.4": 18.49},
+    "sup_jiio100": {"inpaint20": 16.90, "denoise0.2": 18.22, "denoise0.4": 17.89},
+    "unsup_vae_adam": {"inpaint20": 15.34, "denoise0.2": 15.31, "denoise0.4": 15.24},
+    "unsup_mdeq_vae_adam": {"inpaint20": 16.62, "denoise0.2": 16.96, "denoise0.4": 16.87},
+    "unsup_jiio40": {"inpaint20": 15.88, "denoise0.2": 17.08, "denoise0.4": 16.03},
+    "unsup_jiio100": {"inpaint20": 15.87, "denoise0.2": 17.86, "denoise0.4": 17.55},
+}
+PAPER_MEMORY_GB = {"jiio": 17.45, "adam": 7.47}  # appendix C.6, batch 48
+
+
+def row_of(table: str, key: str) -> Row:
+    for row in ROWS.get(table, ()):
+        if row.key == key:
+            return row
+    raise ConfigError(f"unknown {table} row {key!r}; known: {[r.key for r in ROWS.get(table, ())]}")
+
+
+def cell_job(settings: GenerativeSettings, table: str, key: str, problem: str) -> CellJob:
+    """The settings of one cell job (Table 1 cells reconstruct; Table 4 cells solve ``problem``)."""
+    row = row_of(table, key)
+    return settings.cell(row.key, row.model, row.method, RECONSTRUCT if table == "table1" else problem, row.sampling)
+
+
+def _settings(table: str):
+    return lambda settings: settings.table(table)
+
+
+def _device(result: dict[str, Any]) -> str:
+    return device_name(result["provenance"]["device"])
+
+
+# ----------------------------------------------------------------------------- Table 1
+
+
+def _fid_cell(fid: dict[str, Any] | None) -> tuple[Any, str]:
+    if fid is None:
+        return "-", ""
+    if fid["value"] is None:
+        return "n/a", fid["reason"].split(":")[0]
+    return fid["value"], ""
+
+
+def _build_table1(job: TableJob, files: Sequence[str]) -> TableRows:
+    results = {r["row"]: r for r in read_results(files)}
+    rows, notes = [], {}
+    for row in TABLE1_ROWS:
+        if row.key not in results:
+            raise ConfigError(f"table1: no evaluation for row {row.key}")
+        r = results[row.key]
+        gen, gen_note = _fid_cell(r.get("fid_generation"))
+        rec, rec_note = _fid_cell(r.get("fid_reconstruction"))
+        notes[row.key] = {"generation": (r.get("fid_generation") or {}).get("reason"),
+                          "reconstruction": (r.get("fid_reconstruction") or {}).get("reason")}
+        paper_gen, paper_rec = PAPER_TABLE1_FID[row.key]
+        rows.append({"model": row.label, "fid_generation": gen, "fid_reconstruction": rec,
+                     "recon_median_psnr_01": r["median_psnr_01"],
+                     "recon_psnr_reference_convention": r["reference_batch_psnr"]["median"],
+                     "paper_fid_generation": paper_gen, "paper_fid_reconstruction": paper_rec,
+                     "fid_note": rec_note or gen_note, "profile": job.profile, "data_source": r["data_source"]})
+    values = list(results.values())
+    return TableRows(rows, {"profile": job.profile},
+                     {"fid": notes, "inputs": sorted(files), "seeds": sorted({r["train"]["seed"] for r in values}),
+                      "measured_on": measured_on(values)})
+
+
+def _table1_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for r in rows:
+        out[f"{r['model']}/recon_median_psnr_01"] = r["recon_median_psnr_01"]
+        for key in ("fid_generation", "fid_reconstruction"):
+            if isinstance(r[key], float):
+                out[f"{r['model']}/{key}"] = r[key]
+    return out
+
+
+TABLE1 = TableSpec(
+    "table1", TASK, PAPER, "JIIO paper, Table 1 (CelebA 64x64 FID)", "Table 1: generative modelling (FID)",
+    "FID (lower is better) of generated samples and of test-set reconstructions, and the reconstruction PSNR; "
+    "profile `{profile}`. FID is torch-fidelity's Inception FID; `n/a` means it could not be computed (reason in "
+    "fid_note and the provenance); `-`: the row does not sample.",
+    (Column("model"), Column("fid_generation", "FID generation"), Column("fid_reconstruction", "FID reconstruction"),
+     Column("recon_median_psnr_01", "reconstruction PSNR, median over images in [0,1]", "dB"),
+     Column("recon_psnr_reference_convention", "reconstruction PSNR, reference convention", "dB"),
+     Column("paper_fid_generation", "FID generation", reference_for="fid_generation"),
+     Column("paper_fid_reconstruction", "FID reconstruction", reference_for="fid_reconstruction"),
+     Column("fid_note", "FID note"), Column("profile"), Column("data_source", "data")),
+    _settings("table1"), _build_table1, _table1_metrics,
+)
+
+
+# ----------------------------------------------------------------------------- Table 4
+
+
+def _build_table4(job: TableJob, files: Sequence[str]) -> TableRows:
+    results = read_results(files)
+    cells = {(r["row"], r["problem"]): r for r in results}
+    rows = []
+    for row in TABLE4_ROWS:
+        for problem in job.problems:
+            r = cells.get((row.key, problem))
+            if r is None:
+                raise ConfigError(f"table4: no evaluation for row {row.key}, problem {problem}")
+            rows.append({"task": "supervised" if row.supervised else "unsupervised", "model": row.label,
+                         "problem": problem, "median_psnr_01": r["median_psnr_01"],
+                         "psnr_reference_convention": r["reference_batch_psnr"]["median"],
+                         "paper_psnr": PAPER_TABLE4_PSNR[row.key].get(problem), "n_images": r["n_images"],
+                         "profile": job.profile, "data_source": r["data_source"]})
+    return TableRows(rows, {"profile": job.profile},
+                     {"inputs": sorted(files), "seeds": sorted({r["train"]["seed"] for r in results}),
+                      "problems": list(job.problems), "measured_on": measured_on(results)})
+
+
+TABLE4 = TableSpec(
+    "table4", TASK, PAPER, "JIIO paper, Table 4 (CelebA 64x64, reference PSNR convention)",
+    "Table 4: inverse problems (median PSNR)",
+    "Inverse problems: `median_psnr_01` is the median over test images of the PSNR in the [0, 1] pixel range (our "
+    "convention); `psnr_reference_convention` is the reference code's (MSE per batch in [-1, 1] units, median over "
+    "batches, about 6 dB lower), the convention of the paper's numbers; profile `{profile}`.",
+    (Column("task"), Column("model"), Column("problem"), Column("median_psnr_01", "median PSNR [0,1]", "dB"),
+     Column("psnr_reference_convention", "PSNR, reference convention", "dB"),
+     Column("paper_psnr", "PSNR, reference convention", "dB", reference_for="psnr_reference_convention"),
+     Column("n_images", "test images"), Column("profile"), Column("data_source", "data")),
+    _settings("table4"), _build_table4,
+    lambda rows: {f"{r['task']}/{r['model']}/{r['problem']}": r["median_psnr_01"] for r in rows},
+)
+
+
+# ----------------------------------------------------------------------------- Table 3 and memory
+
+
+def _build_table3(job: TableJob, files: Sequence[str]) -> TableRows:
+    (result,) = read_results(files)
+    paper_ratio = {m: PAPER_TABLE3_MS["adam40"] / ms for m, ms in PAPER_TABLE3_MS.items()}
+    rows = [{"method": r["method"], "iterations": r["iterations"], "batch_size": r["batch_size"],
+             "ms_per_example": r["ms_per_example"], "ms_per_call": r["ms_per_call"],
+             "adam_over_this": r["adam_over_this"], "returned_cost_mean": r["returned_cost_mean"],
+             "paper_ms_batch1": PAPER_TABLE3_MS.get(r["method"]) if r["batch_size"] == 1 else None,
+             "paper_adam_over_this": paper_ratio.get(r["method"]) if r["batch_size"] == 1 else None,
+             "device": _device(result), "profile": job.profile, "data_source": result["data_source"]}
+            for r in result["rows"]]
+    return TableRows(rows, {"profile": job.profile, "device": _device(result)},
+                     {"timing_file": files[0], "measured_on": [result["provenance"]["device"]],
+                      "seeds": [result.get("seed", 0)]})
+
+
+TABLE3 = TableSpec(
+    "table3", TASK, PAPER, "JIIO paper, Table 3 (CelebA 64x64 generator, batch 1, RTX 2080 Ti)",
+    "Table 3: JIIO vs Adam optimisation time",
+    "Time for one latent optimisation (reconstruction) with the JIIO-MDEQ generator, Adam vs JIIO-40 vs JIIO-100, "
+    "timed side by side in one process with device synchronisation on {device}; profile `{profile}`. Paper values "
+    "are for batch 1 only.",
+    (Column("method"), Column("iterations"), Column("batch_size", "batch"),
+     Column("ms_per_example", "time", "ms/example"), Column("ms_per_call", "time", "ms/call"),
+     Column("adam_over_this", "Adam / this"), Column("returned_cost_mean", "reconstruction cost (sum of squares)"),
+     Column("paper_ms_batch1", "time", "ms/example", reference_for="ms_per_example"),
+     Column("paper_adam_over_this", "Adam / this", reference_for="adam_over_this"),
+     Column("device"), Column("profile"), Column("data_source", "data")),
+    _settings("table3"), _build_table3,
+    lambda rows: {f"batch{r['batch_size']}/{r['method']}_ms_per_example": r["ms_per_example"] for r in rows}
+    | {f"batch{r['batch_size']}/adam_over_{r['method']}": r["adam_over_this"] for r in rows},
+    plot={"x": "batch_size", "y": "ms_per_example"},
+)
+
+
+def _build_memory(job: TableJob, files: Sequence[str]) -> TableRows:
+    (result,) = read_results(files)
+    mem = {r["method"]: r for r in result["memory"]}
+    jiio = mem["jiio40"]
+    adam = next(r for name, r in mem.items() if name.startswith("adam"))
+    ratio = jiio["peak_bytes"] / max(adam["peak_bytes"], 1)
+    rows = [{"method": name, "batch_size": r["batch_size"], "peak_gib": r["peak_gib"], "jiio_over_adam": ratio,
+             "measure": r["measure"], "paper_gb": PAPER_MEMORY_GB["jiio" if name.startswith("jiio") else "adam"],
+             "paper_ratio": PAPER_MEMORY_GB["jiio"] / PAPER_MEMORY_GB["adam"], "device": _device(result),
+             "profile": job.profile, "data_source": result["data_source"]} for name, r in mem.items()]
+    return TableRows(rows, {"profile": job.profile, "device": _device(result)},
+                     {"timing_file": files[0], "measured_on": [result["provenance"]["device"]], "seeds": [0]})
+
+
+MEMORY = TableSpec(
+    "memory", TASK, PAPER, "JIIO paper, appendix C.6 (CelebA, batch 48, GPU)", "Memory: JIIO vs Adam",
+    "Peak working memory of one reconstruction, JIIO-40 vs Adam (appendix C.6); `measure` says what was measured "
+    "(CUDA peak allocation, or peak RSS of a CPU child process) on {device}; profile `{profile}`.",
+    (Column("method"), Column("batch_size", "batch"), Column("peak_gib", "peak memory", "GiB"),
+     Column("jiio_over_adam", "JIIO / Adam"), Column("measure"),
+     Column("paper_gb", "memory", "GB", reference_for="peak_gib"),
+     Column("paper_ratio", "JIIO / Adam", reference_for="jiio_over_adam"),
+     Column("device"), Column("profile"), Column("data_source", "data")),
+    _settings("memory"), _build_memory,
+    lambda rows: {"jiio_over_adam": rows[0]["jiio_over_adam"], **{f"{r['method']}_peak_gib": r["peak_gib"] for r in rows}},
+)
+
+
+# ----------------------------------------------------------------------------- Figure 3
+
+
+def _build_figure3(job: TableJob, files: Sequence[str]) -> TableRows:
+    (result,) = read_results(files)
+    rows = [{**c, "profile": job.profile} for c in result["figure3"]]
+    return TableRows(rows, {"profile": job.profile, "device": _device(result), "data": result["data_source"]},
+                     {"timing_file": files[0], "measured_on": [result["provenance"]["device"]],
+                      "seeds": [result.get("seed", 0)]})
+
+
+def _draw_figure3(rows: list[dict[str, Any]], png: Path, caption: str) -> None:
+    """Reconstruction cost against wall-clock time, Adam vs JIIO, one panel per trained model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = list(dict.fromkeys(r["panel"] for r in rows))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        for method in dict.fromkeys(r["method"] for r in rows if r["panel"] == panel):
+            pts = [r for r in rows if r["panel"] == panel and r["method"] == method]
+            ax.plot([p["seconds"] for p in pts], [p["cost_mean"] for p in pts], label=method,
+                    lw=1.5 if method.startswith("adam") else 1.2)
+        ax.set_xlabel("wall-clock time (s)")
+        ax.set_ylabel("reconstruction cost (sum of squares)")
+        ax.set_yscale("log")
+        ax.set_title(panel, fontsize=9)
+        ax.legend()
+    fig.suptitle(caption[:160], fontsize=7)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    tmp = png.with_name(f".{png.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(png)
+
+
+FIGURE3 = TableSpec(
+    "figure3", TASK, PAPER, "JIIO paper, Figure 3 (CelebA, trained JIIO-MDEQ)",
+    "Figure 3: reconstruction cost against wall-clock time",
+    "Mean reconstruction cost after each iteration against wall-clock time (iteration k at (k+1)/K of the measured "
+    "median run time), Adam vs JIIO on the trained JIIO-MDEQ models, {data} on {device}; profile `{profile}`.",
+    (Column("panel"), Column("method"), Column("iteration"), Column("seconds", "time", "s"),
+     Column("cost_mean", "reconstruction cost"), Column("batch_size", "batch"), Column("profile")),
+    _settings("figure3"), _build_figure3, None, _draw_figure3, plot={"x": "seconds", "y": "cost_mean"},
+)
+
+TABLES = (TABLE1, TABLE3, TABLE4, MEMORY, FIGURE3)

@@ -1,0 +1,27 @@
+# The claims ledger (deqbench/tasks/claims.yaml, evaluated by deqbench/experiments/claims.py): every quantitative
+# claim of the three papers with our value, the paper's, the conditions and a verdict, from every declared table.
+# `snakemake --report results/report.html` shows the tables, figures and this ledger.
+from deqbench.experiments.claims import CLAIMS_FILE
+from deqbench.experiments.registry import all_tables
+
+ALL_TABLES = all_tables()
+
+
+rule claims:
+    input:
+        tables=[spec.outputs()["csv"] for spec in ALL_TABLES.values()],
+        provenance=[spec.outputs()["provenance"] for spec in ALL_TABLES.values()],
+        declarations=str(CLAIMS_FILE),
+    output:
+        csv=report("results/claims.csv", caption=CAPTION, category="Claims ledger"),
+        md="results/claims.md",
+        provenance="results/claims.provenance.json",
+        metrics="results/metrics/claims.json",
+    params:
+        caption="Every quantitative claim of the JIIO, MOptEqs and (Implicit)^2 papers: the paper's value, ours, "
+        "the conditions it was measured under and the verdict.",
+    log:
+        f"logs/{P}/claims.log",
+    localrule: True
+    shell:
+        "{PY:q} -m deqbench claims --claims {input.declarations:q} --results results --out {output.csv:q} > {log:q} 2>&1"
