@@ -15,6 +15,7 @@ rule claims:
     output:
         csv=report("results/claims.csv", caption=CAPTION, category="Claims ledger"),
         md="results/claims.md",
+        html=report("results/claims.html", caption=CAPTION, category="Claims ledger"),
         provenance="results/claims.provenance.json",
         metrics="results/metrics/claims.json",
     params:

@@ -27,10 +27,11 @@ DEQBENCH = ("OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} {PY:q} -m deqbe
 
 
 def table_outputs(spec):
-    """A declared table's outputs; the CSV and a figure's PNG go into the report under the paper's category."""
+    """A declared table's outputs; its HTML rendering, CSV and a figure's PNG go into the report under the paper's
+    category."""
     out = spec.outputs()
     marked = {k: report(v, caption=CAPTION, category=spec.paper.upper(), subcategory=spec.title)
-              for k, v in out.items() if k in ("csv", "png")}
+              for k, v in out.items() if k in ("html", "csv", "png")}
     return {**out, **marked}
 
 

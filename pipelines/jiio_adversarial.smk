@@ -65,6 +65,7 @@ rule adversarial_train:
         partial=lambda wc: f"data/checkpoints/{P}/.partial/{wc.dataset}_{wc.method}_eps{wc.eps}_seed{wc.seed}.pt",
     log:
         f"logs/{P}/train_{{dataset}}_{{method}}_eps{{eps}}_seed{{seed}}.log",
+    priority: lambda wc: 0 if wc.method == "clean" else 1  # adversarial training is the long work: start it first
     threads: JOB_THREADS
     resources:
         gpu=GPU,

@@ -46,15 +46,20 @@ def test_prepared_data_is_labelled_as_stand_in(adv, data):
 
 
 def test_job_settings_hold_only_what_the_job_reads(adv):
-    clean, pgd = adv.train("mnist", "clean"), adv.train("mnist", "pgd")
-    assert clean.attack is None and pgd.attack is not None  # clean training reads no attack settings
-    assert pgd.attack.pgd.steps == adv.params.train.attack_pgd_steps  # training uses the cheaper attacks
+    clean, pgd, jio = adv.train("mnist", "clean"), adv.train("mnist", "pgd"), adv.train("mnist", "jio")
+    assert clean.pgd is None and clean.jio is None  # clean training reads no attack settings
+    assert pgd.jio is None and jio.pgd is None  # each adversarial training reads only its own attack
+    assert pgd.pgd.steps == adv.params.train.attack_pgd_steps  # training uses the cheaper attacks
+    assert jio.jio.iterations == adv.params.train.attack_jio_iterations
     assert adv.evaluate("mnist").attack.pgd.steps == adv.params.attack.pgd.steps
     other = settings(train={"max_steps": 4, "checkpoint_every": 2, "log_every": 1, "batch_size": 8},
                      eval={"limit": 3, "batch_size": 8}, attack={"pgd": {"steps": 7, "step_size": 0.1}})
     assert other.train("mnist", "clean") == clean  # attack and eval settings do not touch clean training
     assert other.train("mnist", "pgd") != pgd  # the step size is used in training ...
-    assert other.train("mnist", "pgd").attack.pgd.steps == pgd.attack.pgd.steps  # ... the test-time step count not
+    assert other.train("mnist", "pgd").pgd.steps == pgd.pgd.steps  # ... the test-time step count is not
+    jio_edited = settings(train={"max_steps": 4, "checkpoint_every": 2, "log_every": 1, "batch_size": 8},
+                          attack={"jio": {"memory": 5}})
+    assert jio_edited.train("mnist", "pgd") == pgd and jio_edited.train("mnist", "jio") != jio  # PGD models are kept
 
 
 def test_training_resumes_from_partial_checkpoint(adv, data, tmp_path, monkeypatch):
@@ -112,10 +117,10 @@ def test_attacks_raise_the_loss_and_respect_the_ball(adv, data, method):
     images, labels = data["test"]["images"][:16], data["test"]["labels"][:16]
     eps = 1.0
     if method == "pgd":
-        delta = task.pgd_perturbation(model, images, labels, job.net, job.attack, eps)
+        delta = task.pgd_perturbation(model, images, labels, job.net, job.attack.pgd, eps)
     else:
         with torch.no_grad():
-            delta = task.jio_attack(model, images, labels, job.net, job.attack, eps).x
+            delta = task.jio_attack(model, images, labels, job.net, job.attack.jio, eps).x
     assert (delta.flatten(1).norm(dim=1) <= eps + 1e-5).all()
     with torch.no_grad():
         clean_z, _ = task.equilibrium(model, images, job.net)

@@ -82,8 +82,16 @@ def test_missing_table_row_or_number_is_not_measured(tables, tmp_path):
     assert ledger.assess(missing_table, tables)["verdict"].startswith(f"not measured: {tmp_path / 'nope.csv'} not built")
     empty_std = claim({"within": {"left": cell("acc", "accuracy", model="a"), "right": cell("acc", "accuracy", model="c"),
                                   "tolerance": 1.0, "se": {"k": 2, "std_column": "std", "count_column": "n"}}})
-    row = ledger.assess(empty_std, tables)
-    assert row["verdict"] == "not measured: acc[model=c].std=empty" and row["our_value"] == ""
+    row = ledger.assess(empty_std, tables)  # no seed spread: the tolerance alone decides, and says so
+    assert row["verdict"].startswith("does not hold") and "allowed +-1, no seed spread" in row["our_value"]
+    empty_value = claim({"compare": {"left": cell("acc", "std", model="c"), "op": ">", "right": cell("acc", "std", model="a")}})
+    assert ledger.assess(empty_value, tables)["verdict"] == "not measured: acc[model=c].std=empty"
+
+
+def test_missing_provenance_says_scale_unknown(tables, tmp_path):
+    (tmp_path / "speed.provenance.json").unlink()
+    row = ledger.assess(claim(ratio(3.0)), tables)
+    assert row["verdict"] == "holds (scale unknown: no provenance, stand-in data)"
 
 
 def test_within_widens_by_standard_errors(tables):

@@ -60,6 +60,8 @@ def test_adversarial_tables(smoke):
         assert {(r["train_method"], r["test_method"]) for r in table} == {
             (a, b) for a in ("clean", "pgd", "jio") for b in ("clean", "pgd", "jio")}
     assert (smoke / "results/table5.md").read_text().startswith("# Table 5")
+    page = (smoke / "results/table5.html").read_text()
+    assert '<th class="ref">accuracy (%) [paper, reference]</th>' in page and "embedded stand-in" in page
     timing = rows(smoke / "results/table2.csv")
     assert {r["method"] for r in timing} == {"pgd", "jio"} and all(float(r["ms_per_example"]) > 0 for r in timing)
     prov = json.loads((smoke / "results/table5.provenance.json").read_text())
@@ -116,7 +118,7 @@ def test_second_run_and_report(smoke):
     report = snakemake(smoke, "--config", "profile=smoke", "--report", "results/report.html")
     assert report.returncode == 0, report.stderr[-3000:]
     html = (smoke / "results/report.html").read_text(errors="replace")
-    for name in ("claims.csv", "table5.csv", "figure3.png", "Claims ledger"):
+    for name in ("claims.html", "table5.html", "table5.csv", "figure3.png", "Claims ledger"):
         assert name in html, name
 
 
@@ -162,6 +164,19 @@ def test_values_in_shell_commands_are_quoted(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not marker.exists()
     assert (tmp_path / "data/prepared" / evil / "mnist.pt").exists()
+
+
+def test_timing_jobs_take_every_core_and_jobs_get_their_thread_count(tmp_path):
+    """Timing rules reserve all of Snakemake's cores (nothing runs beside them); every job is told its threads."""
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    plan = snakemake(tmp_path, "results/timing/smoke/table2_timing.json", "results/generative/smoke/timing.json",
+                     "--config", "profile=smoke", "-n", "-p", "--cores", "3")
+    out = plan.stdout + plan.stderr
+    assert plan.returncode == 0, out[-3000:]
+    for rule in ("adversarial_timing", "generative_timing"):
+        block = out.split(f"rule {rule}:", 1)[1].split("\n\n", 1)[0]
+        assert "threads: 3" in block, block
+    assert "OMP_NUM_THREADS=3" in out and "--threads 3" in out and "OMP_NUM_THREADS=1" in out
 
 
 def test_bad_profile_fails_cleanly(tmp_path):

@@ -36,7 +36,8 @@ import yaml
 from deqbench.experiments.config import ConfigError
 from deqbench.experiments.io import atomic_write_json, atomic_write_text
 from deqbench.experiments.provenance import provenance
-from deqbench.experiments.tables import Column, render_csv, render_markdown
+from deqbench.experiments.runtime import device_name
+from deqbench.experiments.tables import Column, render_csv, render_html, render_markdown
 
 CLAIMS_FILE = Path(__file__).resolve().parents[1] / "tasks" / "claims.yaml"
 HOLDS, FAILS = "holds", "does not hold"
@@ -162,10 +163,15 @@ def evaluate(check: Mapping[str, Any], tables: Tables, paper: bool = False) -> E
         return Evaluation(ok, f"{_fmt(left)} {spec['op']} {_fmt(right)}", [a, b])
     if kind == "within":
         (left, a), (right, b) = tables.value(spec["left"], paper), tables.value(spec["right"], paper)
-        tolerance = spec["tolerance"] + (_standard_errors(spec, tables, paper) if "se" in spec else 0.0)
+        tolerance, note = spec["tolerance"], ""
+        if "se" in spec:
+            try:
+                tolerance += _standard_errors(spec, tables, paper)
+            except NotMeasured:  # one seed: no spread to widen the tolerance by
+                note = ", no seed spread"
         diff = left - right
         return Evaluation(abs(diff) <= tolerance, f"{_fmt(left)} vs {_fmt(right)} (diff {diff:+.3g}, allowed "
-                                                  f"+-{_fmt(tolerance)})", [a, b])
+                                                  f"+-{_fmt(tolerance)}{note})", [a, b])
     if kind == "ordering":
         values = [tables.value(c, paper) for c in spec["cells"]]
         numbers = [v for v, _ in values]
@@ -177,7 +183,8 @@ def evaluate(check: Mapping[str, Any], tables: Tables, paper: bool = False) -> E
 
 
 def _standard_errors(spec: Mapping[str, Any], tables: Tables, paper: bool) -> float:
-    """``k`` standard errors of the difference of two means, from their std and count columns."""
+    """``k`` standard errors of the difference of two means, from their std and count columns (for the paper's
+    numbers: the paper's std with our seed count, as the paper does not print its own)."""
     se = spec["se"]
     total = 0.0
     for side in ("left", "right"):
@@ -233,22 +240,30 @@ def cells_of(check: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return [spec[k] for k in ("numerator", "denominator", "left", "right") if k in spec]
 
 
+def _checks(check: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The leaf checks of a (possibly ``all``) check."""
+    (kind, spec), = check.items()
+    return [leaf for sub in spec for leaf in _checks(sub)] if kind == "all" else [check]
+
+
 def _conditions(claim: Mapping[str, Any], tables: Tables) -> tuple[str, str]:
     """(conditions text, bracketed scale note for the verdict) from the evidence tables' rows and provenance."""
     names = sorted({c["table"] for c in cells_of(claim["check"])})
     profiles, scales, data, devices = set(), set(), set(), set()
     for name in names:
         prov = tables.provenance(name)
-        profiles.add(str(prov.get("profile")))
-        scales.add(str(prov.get("scale")))
+        profiles.add(str(prov.get("profile", "unknown")))
+        scales.add(str(prov.get("scale", "unknown")))
         for device in prov.get("inputs", {}).get("measured_on", []):
-            devices.add(device.get("name") or f"cpu ({device.get('threads')} threads)")
+            devices.add(device_name(device))
         for row in tables.rows(name):
             if row.get("data_source"):
                 data.add(row["data_source"])
     notes = []
-    if scales - {"paper"}:
+    if "reduced" in scales:
         notes.append("reduced scale")
+    if "unknown" in scales:
+        notes.append("scale unknown: no provenance")
     if any("stand-in" in d for d in data):
         notes.append("stand-in data")
     text = (f"profile {', '.join(sorted(profiles))} ({', '.join(sorted(scales))} scale); data: {'; '.join(sorted(data))}; "
@@ -305,10 +320,19 @@ def validate(claims: Sequence[Mapping[str, Any]], reference_columns: Mapping[str
             table, column = cell["table"], cell["column"]
             if table not in columns:
                 raise ConfigError(f"{where}: unknown table {table!r}")
-            if column not in columns[table]:
-                raise ConfigError(f"{where}: table {table} has no column {column!r}")
+            for name in (column, *cell.get("where", {})):
+                if name not in columns[table]:
+                    raise ConfigError(f"{where}: table {table} has no column {name!r}")
             if column in reference_columns.get(table, {}).values():
                 raise ConfigError(f"{where}: {table}.{column} is a paper column; our value must be measured")
+        for check in _checks(claim["check"]):
+            if "se" in check.get("within", {}):
+                se = check["within"]["se"]
+                for side in ("left", "right"):
+                    table = check["within"][side]["table"]
+                    for name in (se["std_column"], se["count_column"]):
+                        if name not in columns[table]:
+                            raise ConfigError(f"{where}: table {table} has no column {name!r}")
 
 
 def ledger(tables: Tables, claims: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -333,6 +357,7 @@ def write_ledger(rows: Sequence[Mapping[str, Any]], out_csv: str | Path, record:
     atomic_write_json(out.with_name(out.stem + ".provenance.json"), {**record, "counts": counts, "caption": caption})
     atomic_write_json(out.parent / "metrics" / f"{out.stem}.json", {"table": out.stem, **counts})
     atomic_write_text(out.with_suffix(".md"), render_markdown("Claims ledger", caption, rows, COLUMNS))
+    atomic_write_text(out.with_suffix(".html"), render_html("Claims ledger", caption, rows, COLUMNS))
     atomic_write_text(out, render_csv(rows, COLUMNS))
 
 

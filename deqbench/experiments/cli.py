@@ -119,7 +119,7 @@ def run_task(task: Task, args: argparse.Namespace) -> None:
     if args.stage == "table":
         job = Job(task.name, "table", settings, args, info, resolve_device("cpu"), False, args.resolved)
         built = spec.build(settings, args.inputs)
-        outputs = write_table(spec, built, args.out, job.provenance(seeds=list(info.seeds)))
+        outputs = write_table(spec, built, args.out, job.provenance(seeds=built.provenance.get("seeds")))
         print(f"wrote {', '.join(str(p) for p in outputs.values())}")
         return
     job = Job(task.name, stage.name, settings, args, info, resolve_device(info.device), not args.no_progress,

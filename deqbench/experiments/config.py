@@ -14,6 +14,7 @@ settings its DAG was built from.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ import yaml
 
 from deqbench.experiments.io import atomic_write_text
 from deqbench.experiments.settings import (
-    ConfigError, NonNegativeInt, constraint, from_mapping, schema_of, settings_hash,
+    ConfigError, NonNegativeInt, constraint, from_mapping, schema_of,
 )
 
 __all__ = ["CommonParams", "ConfigError", "ProfileInfo", "load_profile", "load_resolved", "params_schema",
@@ -180,9 +181,10 @@ def retype_override_strings(value: Any) -> Any:
 def write_resolved(profile: Mapping[str, Any], directory: str | os.PathLike) -> Path:
     """Write the resolved profile to ``directory/<name>-<hash>.json`` (content-addressed: never rewritten with
     different content, so a running job's file cannot change under it) and return the path."""
-    path = Path(directory) / f"{profile['name']}-{settings_hash(profile)}.json"
+    text = json.dumps(profile, indent=2) + "\n"  # key order kept: settings built from mappings follow it
+    path = Path(directory) / f"{profile['name']}-{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
     if not path.exists():
-        atomic_write_text(path, json.dumps(profile, indent=2) + "\n")  # key order kept: lists follow it
+        atomic_write_text(path, text)
     return path
 
 

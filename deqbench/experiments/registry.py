@@ -21,6 +21,7 @@ import torch
 
 from deqbench.experiments.config import ConfigError, ProfileInfo
 from deqbench.experiments.provenance import provenance
+from deqbench.experiments.settings import from_mapping, settings_hash
 from deqbench.experiments.tables import TableSpec
 
 TASK_PACKAGES = ("deqbench.tasks",)
@@ -49,6 +50,11 @@ class Job:
     device: torch.device
     progress: bool = True
     resolved_path: str | None = None
+
+    @property
+    def hash(self) -> str:
+        """The job's rerun hash: the hash of exactly the settings it reads."""
+        return settings_hash(self.settings)
 
     def provenance(self, seeds: list[int] | None = None, **extra: Any) -> dict[str, Any]:
         """The provenance record of this job's result."""
@@ -94,8 +100,6 @@ class Task:
 
     def settings(self, profile: Mapping[str, Any]) -> Any:
         """The task's typed settings from a resolved profile (built once per job or per Snakemake run)."""
-        from deqbench.experiments.settings import from_mapping
-
         block = from_mapping(self.params, profile[self.name], f"profiles.{profile['name']}.{self.name}")
         return self.build_settings(ProfileInfo.of(profile), block)
 

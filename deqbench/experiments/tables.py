@@ -3,13 +3,15 @@
 A spec declares the table once: its columns (with units, and which columns hold the paper's reference values),
 the paper and table number those values come from, the caption, how rows are assembled from per-job result
 files, the numbers DVC tracks as metrics and, for figures, how to draw them.  :func:`write_table` writes
-``<name>.csv``, ``<name>.md``, ``<name>.provenance.json``, ``metrics/<name>.json`` and, for figures, ``<name>.png``,
+``<name>.csv``, ``<name>.md``, ``<name>.html`` (for the report), ``<name>.provenance.json``, ``metrics/<name>.json``
+and, for figures, ``<name>.png``,
 all atomically.  Paper values only ever appear in reference columns, whose headers say so.
 """
 
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
 import math
@@ -75,7 +77,7 @@ class TableSpec:
 
     def outputs(self, root: str = "results") -> dict[str, str]:
         """Every file :func:`write_table` writes for this spec, by kind."""
-        out = {"csv": f"{root}/{self.name}.csv", "md": f"{root}/{self.name}.md",
+        out = {"csv": f"{root}/{self.name}.csv", "md": f"{root}/{self.name}.md", "html": f"{root}/{self.name}.html",
                "provenance": f"{root}/{self.name}.provenance.json", "metrics": f"{root}/metrics/{self.name}.json"}
         if self.draw is not None:
             out["png"] = f"{root}/{self.name}.png"
@@ -106,6 +108,22 @@ def render_markdown(title: str, caption: str, rows: Sequence[Mapping[str, Any]],
     return "\n".join(lines) + "\n"
 
 
+HTML_STYLE = ("body{font-family:sans-serif;font-size:13px}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
+              "padding:2px 6px;text-align:left}th.ref,td.ref{background:#f3f0e6;color:#555}caption{text-align:left;"
+              "padding:4px 0;max-width:90em}")
+
+
+def render_html(title: str, caption: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]) -> str:
+    """A standalone HTML table (what the Snakemake report shows); the paper's reference columns are shaded."""
+    cls = [' class="ref"' if c.reference_for else "" for c in columns]
+    head = "".join(f"<th{k}>{html.escape(c.title)}</th>" for c, k in zip(columns, cls))
+    body = "".join("<tr>" + "".join(f"<td{k}>{html.escape(format_cell(row.get(c.key)))}</td>" for c, k in zip(columns, cls))
+                   + "</tr>\n" for row in rows)
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{HTML_STYLE}</style></head><body><h2>{html.escape(title)}</h2><table><caption>"
+            f"{html.escape(caption)}</caption><tr>{head}</tr>\n{body}</table></body></html>\n")
+
+
 def caption_of(spec: TableSpec, built: TableRows) -> str:
     return spec.caption.format(**built.caption_fields) + f" Paper columns: {spec.source}, a reference, not our measurement."
 
@@ -124,7 +142,8 @@ def write_table(spec: TableSpec, built: TableRows, out_csv: str | Path, provenan
     atomic_write_json(outputs["metrics"], {"table": spec.name, "profile": provenance.get("profile"), **metrics})
     if spec.draw is not None:
         spec.draw(built.rows, outputs["png"], caption)
-    atomic_write_text(outputs["md"], render_markdown(f"{spec.title}", caption, built.rows, spec.columns))
+    atomic_write_text(outputs["md"], render_markdown(spec.title, caption, built.rows, spec.columns))
+    atomic_write_text(outputs["html"], render_html(spec.title, caption, built.rows, spec.columns))
     atomic_write_text(outputs["csv"], render_csv(built.rows, spec.columns))
     return outputs
 

@@ -88,24 +88,24 @@ def _rng_state(device: torch.device) -> dict[str, Any]:
 
 
 def load_partial(path: Path, key: str, settings_hash: str, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 device: torch.device) -> tuple[int, list[dict[str, Any]]]:
+                 device: torch.device) -> tuple[int, list[dict[str, Any]], float]:
     """Restore model, optimiser and RNG state from a partial checkpoint of the same run and settings.
 
-    Returns ``(step, history)``; ``(0, [])`` when there is no usable partial checkpoint.
+    Returns ``(step, history, seconds trained so far)``; ``(0, [], 0.0)`` without a usable partial checkpoint.
     """
     if not path.exists():
-        return 0, []
+        return 0, [], 0.0
     state = load_artifact(path, device)
     if state.get("settings_hash") != settings_hash or state.get("key") != key:
         print(f"ignoring stale partial checkpoint {path} (other run or settings)", file=sys.stderr)
-        return 0, []
+        return 0, [], 0.0
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["rng"]["torch"].cpu())
     if device.type == "cuda" and state["rng"].get("cuda") is not None:
         torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), device)
     print(f"resuming {key} from step {state['step']} ({path})", file=sys.stderr)
-    return int(state["step"]), list(state["history"])
+    return int(state["step"]), list(state["history"]), float(state.get("seconds", 0.0))
 
 
 def fit(
@@ -127,7 +127,7 @@ def fit(
     run (``key``) and settings (``settings_hash``); write the final checkpoint to ``out_path`` and return its summary.
     """
     partial = Path(partial_path)
-    step, history = load_partial(partial, key, settings_hash, model, optimizer, device)
+    step, history, earlier = load_partial(partial, key, settings_hash, model, optimizer, device)
     resumed_from = step
     model.train()
     bar = tqdm(total=loop.steps, initial=step, desc=f"train {key}", disable=not progress, unit="step", file=sys.stderr)
@@ -155,10 +155,10 @@ def fit(
         if step % loop.checkpoint_every == 0 and step < loop.steps:
             atomic_torch_save(partial, {"key": key, "settings_hash": settings_hash, "model": model.state_dict(),
                                         "optimizer": optimizer.state_dict(), "step": step, "history": history,
-                                        "rng": _rng_state(device)})
+                                        "rng": _rng_state(device), "seconds": earlier + time.perf_counter() - start})
     bar.close()
     result = {**summary, "key": key, "steps": step, "resumed_from_step": resumed_from,
-              "train_seconds": time.perf_counter() - start, "history": history}
+              "train_seconds": earlier + time.perf_counter() - start, "history": history}
     atomic_torch_save(out_path, {"model": model.state_dict(), "summary": result, "settings_hash": settings_hash,
                                  **checkpoint_meta})
     if partial.exists():

@@ -35,7 +35,6 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-from sklearn.mixture import GaussianMixture
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -241,6 +240,8 @@ class PosthocDensity:
             codes = _encode_means(vae, z.to(torch.float32), device).to(torch.float64)
         else:
             codes = z
+
+        from sklearn.mixture import GaussianMixture  # imported here: scikit-learn takes seconds to load
 
         gm = GaussianMixture(
             n_components=config.gmm_components,

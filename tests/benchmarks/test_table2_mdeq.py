@@ -38,7 +38,7 @@ def _setup(device: str):
 
 def test_table2_pgd20(benchmark, device):
     net, attack, model, images, labels, group = _setup(device)
-    run_benchmark(benchmark, group, "pgd-20", lambda: pgd_perturbation(model, images, labels, net, attack, 1.0), device,
+    run_benchmark(benchmark, group, "pgd-20", lambda: pgd_perturbation(model, images, labels, net, attack.pgd, 1.0), device,
                   rounds=5 if device == "cuda" else 2)
 
 
@@ -48,6 +48,6 @@ def test_table2_jiio80(benchmark, device):
 
     def run():
         with torch.no_grad():
-            return jio_attack(model, images, labels, net, attack, 1.0)
+            return jio_attack(model, images, labels, net, attack.jio, 1.0)
 
     run_benchmark(benchmark, group, "jiio-80", run, device, rounds=10 if device == "cuda" else 2)

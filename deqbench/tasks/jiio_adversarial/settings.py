@@ -105,26 +105,32 @@ class AdversarialParams:
 
 @dataclass(frozen=True)
 class Network:
-    """Everything needed to build one dataset's MDEQ and solve it."""
+    """Everything needed to build one dataset's MDEQ and solve it, and where."""
 
     dataset: str
     model: MDEQParams
     solver: SolverParams
     cuda_graph: str
+    device: str
 
 
 @dataclass(frozen=True)
-class Attack:
-    """PGD and JIO as run on one dataset (JIO's step sizes are per dataset)."""
+class JIOAttack:
+    """JIO (eq. 26) as run on one dataset: its step sizes are per dataset; alpha_x drops after the switch."""
 
-    pgd: PGDParams
-    jio_iterations: int
+    iterations: int
     memory: int
     anderson_kind: str
     alpha: Alpha
     alpha_x_late: float | None
-    alpha_x_switch: int
+    alpha_x_switch: int | None
     selection: Selection
+
+
+@dataclass(frozen=True)
+class Attack:
+    pgd: PGDParams
+    jio: JIOAttack
 
 
 @dataclass(frozen=True)
@@ -146,7 +152,8 @@ class TrainJob:
     jac_probes: int
     checkpoint_every: int
     log_every: int
-    attack: Attack | None  # the (cheaper) attacks used inside adversarial training; None for clean training
+    pgd: PGDParams | None  # PGD inside PGD training (the cheaper train.attack_pgd_steps); None otherwise
+    jio: JIOAttack | None  # JIO inside JIO training (train.attack_jio_iterations); None otherwise
 
 
 @dataclass(frozen=True)
@@ -181,7 +188,8 @@ class AdversarialSettings:
     params: AdversarialParams
 
     def network(self, dataset: str) -> Network:
-        return Network(dataset, self.params.model[dataset], self.params.solver, self.info.cuda_graph)
+        return Network(dataset, self.params.model[dataset], self.params.solver, self.info.cuda_graph,
+                       self.info.device)
 
     def attack(self, dataset: str, training: bool = False) -> Attack:
         """PGD / JIO settings on ``dataset``; ``training``: with the ``train.attack_*`` step counts."""
@@ -194,8 +202,9 @@ class AdversarialSettings:
             iterations = t.attack_jio_iterations
         late = a.jio.alpha_x_late[dataset]
         switch_used = late is not None and a.jio.alpha_x_switch < iterations
-        return Attack(pgd, iterations, a.jio.memory, a.jio.anderson_kind, a.jio.alpha[dataset],
-                      late if switch_used else None, a.jio.alpha_x_switch if switch_used else 0, a.jio.selection)
+        jio = JIOAttack(iterations, a.jio.memory, a.jio.anderson_kind, a.jio.alpha[dataset],
+                        late if switch_used else None, a.jio.alpha_x_switch if switch_used else None, a.jio.selection)
+        return Attack(pgd, jio)
 
     def prepare(self, dataset: str) -> PrepareJob:
         self._check_dataset(dataset, "--dataset")
@@ -206,9 +215,10 @@ class AdversarialSettings:
         if method not in METHODS:
             raise ConfigError(f"unknown training method {method!r}; known: {list(METHODS)}")
         t = self.params.train
+        attack = self.attack(dataset, training=True)
         return TrainJob(self.network(dataset), method, t.lr, t.batch_size, t.epochs[dataset], t.max_steps, t.jac_reg,
-                        t.jac_probes, t.checkpoint_every, t.log_every,
-                        None if method == "clean" else self.attack(dataset, training=True))
+                        t.jac_probes, t.checkpoint_every, t.log_every, attack.pgd if method == "pgd" else None,
+                        attack.jio if method == "jio" else None)
 
     def evaluate(self, dataset: str) -> EvaluateJob:
         self._check_dataset(dataset, "--dataset")
@@ -220,8 +230,8 @@ class AdversarialSettings:
 
     def table(self, name: str) -> TableJob:
         if name == "table2":
-            return TableJob(name, (self.params.timing.dataset,), self.params.timing.eps, self.info.seeds,
-                            self.info.name, self.info.scale)
+            return TableJob(name, (self.params.timing.dataset,), self.params.timing.eps, (), self.info.name,
+                            self.info.scale)
         spec = self.params.tables[name]
         return TableJob(name, spec.datasets, spec.eps, self.info.seeds, self.info.name, self.info.scale)
 

@@ -33,7 +33,9 @@ from deqbench.experiments.trainer import EpochBatches, LoopSettings, StepOutput,
 from deqbench.inputopt.baselines import pgd
 from deqbench.inputopt.jiio import JIIOResult, jiio
 from deqbench.models.mdeq import MDEQClassifier
-from deqbench.tasks.jiio_adversarial.settings import Attack, EvaluateJob, Network, PrepareJob, TimingJob, TrainJob
+from deqbench.tasks.jiio_adversarial.settings import (
+    EvaluateJob, JIOAttack, Network, PGDParams, PrepareJob, TimingJob, TrainJob,
+)
 
 # ----------------------------------------------------------------------------- data and model
 
@@ -85,17 +87,17 @@ def equilibrium(model: MDEQClassifier, images: Tensor, net: Network, stats: dict
 # ----------------------------------------------------------------------------- attacks
 
 
-def pgd_perturbation(model: MDEQClassifier, images: Tensor, labels: Tensor, net: Network, attack: Attack,
+def pgd_perturbation(model: MDEQClassifier, images: Tensor, labels: Tensor, net: Network, attack: PGDParams,
                      eps: float) -> Tensor:
     """PGD on the L2 (or Linf) ball: every step a full MDEQ solve plus implicit backward."""
     result = pgd(model.layer_fn(images), model.cost_fn(labels), model.z0(images), torch.zeros_like(images),
-                 steps=attack.pgd.steps, step_size=attack.pgd.step_size, projection=attack.pgd.norm, eps=eps,
+                 steps=attack.steps, step_size=attack.step_size, projection=attack.norm, eps=eps,
                  normalized_step=True, forward=net.solver.forward_kwargs(net.cuda_graph),
                  backward_options=net.solver.backward_options(net.cuda_graph))
     return result.x.detach()
 
 
-def jio_attack(model: MDEQClassifier, images: Tensor, labels: Tensor, net: Network, attack: Attack, eps: float,
+def jio_attack(model: MDEQClassifier, images: Tensor, labels: Tensor, net: Network, attack: JIOAttack, eps: float,
                jac_reg: int = 0) -> JIIOResult:
     """JIIO on the augmented (z, mu, delta) system with the inner cost -CE (eq. 26); ``jac_reg``: Hutchinson
     probes of the Jacobian regulariser at a random trajectory iterate (0: none)."""
@@ -105,7 +107,7 @@ def jio_attack(model: MDEQClassifier, images: Tensor, labels: Tensor, net: Netwo
     if jac_reg:
         options.update(jac_reg="trajectory", jac_reg_probes=jac_reg)
     return jiio(model.layer_fn(images), model.cost_fn(labels), model.z0(images), torch.zeros_like(images),
-                max_iter=attack.jio_iterations, alpha=attack.alpha, method="anderson",
+                max_iter=attack.iterations, alpha=attack.alpha, method="anderson",
                 solver_options={"m": attack.memory, "kind": attack.anderson_kind}, projection="l2", eps=eps,
                 normalized_step=True, selection=attack.selection, backward="mu", cuda_graph=net.cuda_graph, **options)
 
@@ -118,13 +120,13 @@ def training_step(model: MDEQClassifier, images: Tensor, labels: Tensor, job: Tr
     reset_norms(model)
     lam = job.jac_reg
     if job.method == "jio":
-        result = jio_attack(model, images, labels, job.net, job.attack, eps, jac_reg=job.jac_probes if lam > 0 else 0)
+        result = jio_attack(model, images, labels, job.net, job.jio, eps, jac_reg=job.jac_probes if lam > 0 else 0)
         ce = F.cross_entropy(model.logits(result.z), labels)
         loss = ce + lam * result.jac_loss if result.jac_loss is not None else ce
         return StepOutput(loss, {"ce": ce.detach(), "residual": result.residual.mean()}, result.residual)
     if job.method == "pgd":
         with torch.enable_grad():
-            images = images + pgd_perturbation(model, images, labels, job.net, job.attack, eps)
+            images = images + pgd_perturbation(model, images, labels, job.net, job.pgd, eps)
     stats: dict[str, Any] = {}
     z, layer = equilibrium(model, images, job.net, stats)
     ce = F.cross_entropy(model.logits(z), labels)
@@ -193,10 +195,10 @@ def evaluate(job: EvaluateJob, checkpoint: str | Path, data: dict[str, Any], eps
         images = images_all[start : start + batch].to(device)
         labels = labels_all[start : start + batch].to(device)
         correct["clean"] += _correct(model, images, labels, job.net)
-        delta = pgd_perturbation(model, images, labels, job.net, job.attack, eps)
+        delta = pgd_perturbation(model, images, labels, job.net, job.attack.pgd, eps)
         correct["pgd"] += _correct(model, images + delta, labels, job.net)
         with torch.no_grad():
-            jio_delta = jio_attack(model, images, labels, job.net, job.attack, eps).x
+            jio_delta = jio_attack(model, images, labels, job.net, job.attack.jio, eps).x
         correct["jio"] += _correct(model, images + jio_delta, labels, job.net)
         norms = torch.stack([delta.flatten(1).norm(dim=1).max(), jio_delta.flatten(1).norm(dim=1).max()])
         max_norm = torch.maximum(max_norm, norms.max())
@@ -227,11 +229,11 @@ def time_attacks(job: TimingJob, data: dict[str, Any], device: torch.device, pro
         images, labels = images_all[:batch].to(device), labels_all[:batch].to(device)
 
         def run_pgd() -> None:
-            pgd_perturbation(model, images, labels, job.net, job.attack, eps)
+            pgd_perturbation(model, images, labels, job.net, job.attack.pgd, eps)
 
         def run_jio() -> None:
             with torch.no_grad():
-                jio_attack(model, images, labels, job.net, job.attack, eps)
+                jio_attack(model, images, labels, job.net, job.attack.jio, eps)
 
         samples: dict[str, list[float]] = {"pgd": [], "jio": []}
         for _ in range(cfg.warmup):
@@ -245,7 +247,7 @@ def time_attacks(job: TimingJob, data: dict[str, Any], device: torch.device, pro
                 sync(device)
                 samples[name].append(time.perf_counter() - t0)
         med = {k: float(np.median(v)) for k, v in samples.items()}
-        for name, iterations in (("pgd", job.attack.pgd.steps), ("jio", job.attack.jio_iterations)):
+        for name, iterations in (("pgd", job.attack.pgd.steps), ("jio", job.attack.jio.iterations)):
             rows.append({"method": name, "iterations": iterations, "batch_size": len(labels),
                          "ms_per_call": 1e3 * med[name], "ms_per_example": 1e3 * med[name] / len(labels),
                          "repeats": cfg.repeats, "samples_ms": [1e3 * s for s in samples[name]],

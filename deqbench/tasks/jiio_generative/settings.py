@@ -14,10 +14,11 @@ from typing import Literal
 from deqbench.data.inverse import InverseProblem
 from deqbench.experiments.config import ConfigError, ProfileInfo
 from deqbench.experiments.params import MDEQParams, SolverParams
+from deqbench.experiments.settings import to_plain
+from deqbench.metrics.density import DensityConfig
 from deqbench.models.conv_ae import ConvAEConfig
 from deqbench.tasks.jiio_generative.params import (
-    ConvAEParams, DensityParams, EvalParams, FacesParams, GenerativeParams, GeneratorParams, InpaintParams, Selection,
-    TimingParams,
+    ConvAEParams, FacesParams, GenerativeParams, GeneratorParams, InpaintParams, Selection, TimingParams,
 )
 
 
@@ -134,14 +135,25 @@ class TrainJob:
     jac_probes: int
     kl_warmup_epochs: int | None  # MDEQ-VAE
     cuda_graph: str
+    device: str
 
 
 @dataclass(frozen=True)
 class DensityJob:
     arch: Architecture
     latents: JIIOSolve | None  # JIIO x* of the training images (None: the RAE encoder's codes)
-    density: DensityParams
+    config: DensityConfig  # what is fitted (RAE: Ghosh et al.'s ex-post GMM on the codes, no aux VAE)
+    max_latents: int
     batch_size: int
+    device: str
+
+
+@dataclass(frozen=True)
+class FIDSettings:
+    """Table 1's FID: the Inception weights file and how many images to generate."""
+
+    weights: str
+    generation_samples: int
 
 
 @dataclass(frozen=True)
@@ -154,8 +166,12 @@ class CellJob:
     method: Method
     sampling: Literal["prior", "density", "none"]
     decoder_solver: SolverParams | None  # decoding sampled latents with a DEQ decoder
-    eval: EvalParams
-    cuda_graph: str
+    batch_size: int
+    limit: int | None
+    reference_psnr_batch: int
+    corruption_seed: int | None  # inverse problems only
+    fid: FIDSettings | None  # Table 1 cells only
+    device: str
 
 
 @dataclass(frozen=True)
@@ -166,6 +182,7 @@ class TimingJob:
     jiio_test: JIIOSolve
     timing: TimingParams
     eval_limit: int | None
+    device: str
 
 
 @dataclass(frozen=True)
@@ -181,7 +198,7 @@ class GenerativeSettings:
     info: ProfileInfo
     params: GenerativeParams
 
-    def model(self, name: str) -> ModelKind:
+    def model_kind(self, name: str) -> ModelKind:
         if name not in MODELS:
             raise ConfigError(f"unknown model {name!r}; known: {list(MODELS)}")
         return MODELS[name]
@@ -198,7 +215,7 @@ class GenerativeSettings:
         return Problem(name, "denoise", sigma=spec.sigma)
 
     def architecture(self, model: str) -> Architecture:
-        kind, p = self.model(model), self.params
+        kind, p = self.model_kind(model), self.params
         return Architecture(model, p.dataset.image_size, p.generator.latent_dim,
                             p.generator if kind.family != "conv_autoencoder" else None,
                             p.encoder if kind.family == "mdeq_autoencoder" else None,
@@ -213,19 +230,19 @@ class GenerativeSettings:
 
     def adam(self, model: str) -> AdamSolve:
         a = self.params.adam
-        if self.model(model).family == "conv_autoencoder":
+        if self.model_kind(model).family == "conv_autoencoder":
             return AdamSolve(a.steps, a.lr_explicit, None, self.info.cuda_graph)
         return AdamSolve(a.steps, a.lr, self.params.solver, self.info.cuda_graph)
 
     def encoder(self, model: str) -> EncoderSolve:
-        deq = self.model(model).family == "mdeq_autoencoder"
+        deq = self.model_kind(model).family == "mdeq_autoencoder"
         return EncoderSolve(self.params.solver if deq else None, self.info.cuda_graph)
 
     def prepare(self) -> PrepareJob:
         return PrepareJob(self.params.dataset, self.info.data_root)
 
     def train(self, model: str, problem: str) -> TrainJob:
-        kind, prob, t = self.model(model), self.problem(problem), self.params.train
+        kind, prob, t = self.model_kind(model), self.problem(problem), self.params.train
         if kind.trains_on == "reconstruct" and prob.kind != "none":
             raise ConfigError(f"{model} is an unsupervised generative model: train it with --problem {RECONSTRUCT}")
         if kind.trains_on == "inverse" and prob.kind == "none":
@@ -238,12 +255,18 @@ class GenerativeSettings:
                         self.params.solver if kind.family == "mdeq_autoencoder" or (jiio and prob.kind != "none") else None,
                         self.jiio(kind.jiio_iterations) if jiio else None, t.jac_reg.get(model, 0.0),
                         self.params.jiio.jac_probes, t.vae_kl_warmup_epochs if model == "mdeq_vae" else None,
-                        self.info.cuda_graph)
+                        self.info.cuda_graph, self.info.device)
 
     def density(self, model: str) -> DensityJob:
-        kind = self.model(model)
-        latents = self.jiio(kind.jiio_iterations) if kind.family == "jiio" else None
-        return DensityJob(self.architecture(model), latents, self.params.density, self.params.eval.batch_size)
+        kind, d = self.model_kind(model), self.params.density
+        if kind.family == "jiio":
+            fields = {k: v for k, v in to_plain(d).items() if k not in ("max_latents", "rae_gmm_components")}
+            latents, config = self.jiio(kind.jiio_iterations), DensityConfig(**fields)
+        else:
+            latents, config = None, DensityConfig(aux_vae=False, gmm_components=d.rae_gmm_components,
+                                                  gmm_max_iter=d.gmm_max_iter, gmm_tol=d.gmm_tol, seed=d.seed)
+        return DensityJob(self.architecture(model), latents, config, d.max_latents, self.params.eval.batch_size,
+                          self.info.device)
 
     def cell(self, row: str, model: str, method: str, problem: str, sampling: str) -> CellJob:
         """A table cell: ``method`` is ``jiio`` (test iterations), ``adam`` or ``encoder``."""
@@ -253,16 +276,21 @@ class GenerativeSettings:
             solve = self.adam(model)
         else:
             solve = self.encoder(model)
-        decoder = self.params.solver if sampling != "none" and self.model(model).family != "conv_autoencoder" else None
-        return CellJob(row, self.architecture(model), self.problem(problem), solve, sampling, decoder,
-                       self.params.eval, self.info.cuda_graph)
+        decoder = self.params.solver if sampling != "none" and self.model_kind(model).family != "conv_autoencoder" else None
+        e, prob = self.params.eval, self.problem(problem)
+        fid = FIDSettings(e.fid_weights, e.generation_samples) if prob.kind == "none" else None
+        return CellJob(row, self.architecture(model), prob, solve, sampling, decoder, e.batch_size, e.limit,
+                       e.reference_psnr_batch, e.corruption_seed if prob.kind != "none" else None, fid,
+                       self.info.device)
 
     def timing(self) -> TimingJob:
         return TimingJob(self.architecture("jiio40"), self.adam("jiio40"), self.jiio(40),
-                         self.jiio(self.params.jiio.test_iterations), self.params.timing, self.params.eval.limit)
+                         self.jiio(self.params.jiio.test_iterations), self.params.timing, self.params.eval.limit,
+                         self.info.device)
 
     def table(self, name: str) -> TableJob:
-        return TableJob(name, tuple(self.params.problems), self.info.name, self.info.scale)
+        return TableJob(name, tuple(self.params.problems) if name == "table4" else (), self.info.name,
+                        self.info.scale)
 
 
 def build_settings(info: ProfileInfo, params: GenerativeParams) -> GenerativeSettings:

@@ -81,7 +81,9 @@ def row_of(table: str, key: str) -> Row:
 def cell_job(settings: GenerativeSettings, table: str, key: str, problem: str) -> CellJob:
     """The settings of one cell job (Table 1 cells reconstruct; Table 4 cells solve ``problem``)."""
     row = row_of(table, key)
-    return settings.cell(row.key, row.model, row.method, RECONSTRUCT if table == "table1" else problem, row.sampling)
+    if table == "table1" and problem != RECONSTRUCT:
+        raise ConfigError(f"table1 cells reconstruct: --problem must be {RECONSTRUCT!r}, got {problem!r}")
+    return settings.cell(row.key, row.model, row.method, problem, row.sampling)
 
 
 def _settings(table: str):
@@ -100,7 +102,7 @@ def _fid_cell(fid: dict[str, Any] | None) -> tuple[Any, str]:
         return "-", ""
     if fid["value"] is None:
         return "n/a", fid["reason"].split(":")[0]
-    return fid["value"], ""
+    return fid["value"], f"{fid['implementation']}; {fid['n_samples']} vs {fid['n_reference']} images"
 
 
 def _build_table1(job: TableJob, files: Sequence[str]) -> TableRows:

@@ -32,7 +32,7 @@ from deqbench.experiments.runtime import data_source_label, seed_everything
 from deqbench.experiments.settings import settings_hash, to_plain
 from deqbench.experiments.trainer import EpochBatches, LoopSettings, StepOutput, fit
 from deqbench.metrics import compute_fid, median_psnr, reference_batch_psnr
-from deqbench.metrics.density import DensityConfig, PosthocDensity
+from deqbench.metrics.density import PosthocDensity
 from deqbench.tasks.jiio_generative.methods import (
     TRAINING_STEPS, build_model, decode, jiio_reconstruct, reconstruct, to_model_range,
 )
@@ -116,7 +116,7 @@ def fit_density(job: DensityJob, checkpoint: str, data: dict[str, Any], device: 
                 progress: bool) -> dict[str, Any]:
     """Fit the post-hoc density of the training latents: JIIO x* (training iterations), or the RAE's codes."""
     model, state = load_model(job.arch, checkpoint, device)
-    images = data["train"][: job.density.max_latents]
+    images = data["train"][: job.max_latents]
     latents = []
     for sl in tqdm(batches(images.shape[0], job.batch_size), desc="latents", disable=not progress):
         clean = to_model_range(images[sl], device)
@@ -126,25 +126,22 @@ def fit_density(job: DensityJob, checkpoint: str, data: dict[str, Any], device: 
             else:
                 latents.append(model.encode(clean)[0].cpu())
     codes = torch.cat(latents)
-    spec = {k: v for k, v in to_plain(job.density).items() if k not in ("max_latents", "rae_gmm_components")}
-    if job.latents is None:  # Ghosh et al.: ex-post GMM directly on the deterministic codes
-        spec.update(aux_vae=False, gmm_components=job.density.rae_gmm_components)
-    density = PosthocDensity.fit(codes, DensityConfig.from_mapping(spec), progress=progress)
+    density = PosthocDensity.fit(codes, job.config, progress=progress)
     return {"density": density.state_dict(), "describe": density.describe(), "model": state["name"],
-            "n_latents": int(codes.shape[0])}
+            "n_latents": int(codes.shape[0]), "checkpoint_settings_hash": state["settings_hash"]}
 
 
 # ----------------------------------------------------------------------------- table cells (Tables 1 and 4)
 
 
 def _psnr(pred: Tensor, target: Tensor, job: CellJob) -> dict[str, Any]:
-    ref = reference_batch_psnr(pred, target, batch_size=job.eval.reference_psnr_batch)
+    ref = reference_batch_psnr(pred, target, batch_size=job.reference_psnr_batch)
     return {"median_psnr_01": median_psnr(pred, target), "reference_batch_psnr": ref,
             "mse_model_range": float((pred - target).pow(2).mean())}
 
 
 def _fid(job: CellJob, reference: Tensor, samples: Tensor, device: torch.device) -> dict[str, Any]:
-    res = compute_fid(reference, samples, job.eval.fid_weights, batch_size=job.eval.batch_size,
+    res = compute_fid(reference, samples, job.fid.weights, batch_size=job.batch_size,
                       device="cuda" if device.type == "cuda" else "cpu")
     return {"value": res.value, "reason": res.reason, "n_reference": res.n_reference, "n_samples": res.n_samples,
             "weights_sha256": res.weights_sha256, "implementation": res.implementation}
@@ -153,7 +150,7 @@ def _fid(job: CellJob, reference: Tensor, samples: Tensor, device: torch.device)
 def sample_images(job: CellJob, model: nn.Module, density: dict[str, Any] | None, latent_dim: int,
                   device: torch.device, progress: bool) -> Tensor:
     """Generated images: latents from N(0, I) (VAEs) or the post-hoc density (RAE, JIIO-MDEQ), then decoded."""
-    n = job.eval.generation_samples
+    n = job.fid.generation_samples
     if job.sampling == "density":
         if density is None:
             raise ConfigError(f"row {job.row} samples from a post-hoc density: pass --density")
@@ -161,7 +158,7 @@ def sample_images(job: CellJob, model: nn.Module, density: dict[str, Any] | None
     else:
         latents = torch.randn(n, latent_dim, generator=torch.Generator().manual_seed(0))
     out = [decode(model, latents[sl].to(device), job.decoder_solver).cpu()
-           for sl in tqdm(batches(n, job.eval.batch_size), desc=f"sample {job.row}", disable=not progress)]
+           for sl in tqdm(batches(n, job.batch_size), desc=f"sample {job.row}", disable=not progress)]
     return torch.cat(out)
 
 
@@ -170,11 +167,11 @@ def evaluate_cell(job: CellJob, checkpoint: str, density_path: str | None, data:
     """PSNR (both conventions) of the row's method on the cell's problem over the test images; for rows that
     sample (Table 1), also FID of reconstructions and of generated images."""
     model, state = load_model(job.arch, checkpoint, device)
-    test = test_images(data, job.eval.limit)
+    test = test_images(data, job.limit)
     problem = job.problem.inverse_problem()
-    noise = torch.Generator(device=device).manual_seed(job.eval.corruption_seed)
+    noise = torch.Generator(device=device).manual_seed(job.corruption_seed or 0)  # unused by plain reconstruction
     preds, cleans = [], []
-    for sl in tqdm(batches(test.shape[0], job.eval.batch_size), desc=f"{job.row} {job.problem.name}",
+    for sl in tqdm(batches(test.shape[0], job.batch_size), desc=f"{job.row} {job.problem.name}",
                    disable=not progress):
         clean = to_model_range(test[sl], device)
         observed, mask = corrupt(problem, clean, noise)
@@ -182,8 +179,9 @@ def evaluate_cell(job: CellJob, checkpoint: str, density_path: str | None, data:
         cleans.append(clean.cpu())
     pred, clean_all = torch.cat(preds), torch.cat(cleans)
     out: dict[str, Any] = {"row": job.row, "problem": job.problem.name, "model": state["name"],
-                           "train": state["summary"], "n_images": int(pred.shape[0]), **_psnr(pred, clean_all, job)}
-    if job.problem.kind == "none":
+                           "train": state["summary"], "checkpoint_settings_hash": state["settings_hash"],
+                           "n_images": int(pred.shape[0]), **_psnr(pred, clean_all, job)}
+    if job.fid is not None:
         out["fid_reconstruction"] = _fid(job, clean_all, pred, device)
     if job.sampling != "none":
         density = load_artifact(density_path) if density_path is not None else None

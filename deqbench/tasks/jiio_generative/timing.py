@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from deqbench.experiments.config import ConfigError
 from deqbench.experiments.io import atomic_write_json, load_artifact
 from deqbench.experiments.registry import Job
 from deqbench.experiments.runtime import data_source_label, seed_everything, sync
@@ -152,6 +153,9 @@ def memory_probe(job: TimingJob, checkpoint: str | None, data_path: str, method:
                  adam_steps: int | None = None) -> dict[str, Any]:
     """Peak memory of one reconstruction at ``timing.memory_batch`` (CUDA: peak allocation above the pre-call
     level; CPU: peak RSS above it); ``adam_steps`` shortens Adam (its peak is reached in the first step)."""
+    adam_name = f"adam{job.adam.steps}"
+    if method not in ("jiio40", adam_name):
+        raise ConfigError(f"memory probe --method must be jiio40 or {adam_name}, got {method!r}")
     batch = job.timing.memory_batch
     test = test_images(load_artifact(data_path), job.eval_limit)
     model, _ = timing_model(job, checkpoint, test.shape[1], device)
@@ -182,8 +186,12 @@ def measure_memory(job: Job, checkpoint: str | None, data_path: str) -> list[dic
     """JIIO-40 vs Adam peak memory: on CUDA in this process, on the CPU each in a fresh child process (the RSS
     high-water mark belongs to the process), which reads the same resolved settings as this job."""
     rows = []
-    settings = ["--resolved", job.resolved_path] if job.resolved_path else ["--params", job.args.params] + (
-        ["--profile", job.args.profile] if job.args.profile else [])
+    if job.resolved_path:
+        settings = ["--resolved", job.resolved_path]
+    else:
+        settings = ["--params", job.args.params, *(["--profile", job.args.profile] if job.args.profile else [])]
+        settings += [arg for item in job.args.set for arg in ("--set", item)]
+    settings += ["--expect-hash", job.hash]  # the child must measure exactly this job's settings
     for method in ("jiio40", f"adam{job.settings.adam.steps}"):
         if job.device.type == "cuda":
             rows.append(memory_probe(job.settings, checkpoint, data_path, method, job.device))
