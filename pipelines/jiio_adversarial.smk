@@ -111,7 +111,7 @@ rule adversarial_timing:
     log:
         f"logs/{P}/table2_timing.log",
     # Timing runs alone: it takes every core Snakemake has, so no other job runs beside it.
-    threads: workflow.cores
+    threads: lambda wildcards: workflow.cores
     resources:
         gpu=GPU,
     shell:

@@ -139,7 +139,7 @@ rule generative_timing:
     log:
         f"logs/{P}/generative_timing.log",
     # Timing runs alone: it takes every core Snakemake has, so no other job runs beside it.
-    threads: workflow.cores
+    threads: lambda wildcards: workflow.cores
     resources:
         gpu=GPU,
     shell:

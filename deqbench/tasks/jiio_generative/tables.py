@@ -7,6 +7,7 @@ Snakemake builds its jobs from the same declarations.
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -285,7 +286,7 @@ def _draw_figure3(rows: list[dict[str, Any]], png: Path, caption: str) -> None:
         ax.set_yscale("log")
         ax.set_title(panel, fontsize=9)
         ax.legend()
-    fig.suptitle(caption[:160], fontsize=7)
+    fig.suptitle(textwrap.fill(caption.split(" Paper columns:")[0], 170), fontsize=7)
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     tmp = png.with_name(f".{png.name}.tmp.png")
