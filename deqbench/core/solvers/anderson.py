@@ -18,6 +18,14 @@ system is always solved in at least float32 with ``solve_ex`` (no error
 check, so no host sync); a sample whose system is singular falls back to a
 plain damped step for that iteration.  The history holds F and G (X = F - G),
 so Type-II reads the history twice per step and Type-I three times.
+
+``history_dtype="bfloat16"`` stores F and G in bf16 (half the memory of the
+dominant buffers) while the Gram matrix and the small system stay in float32;
+the mixed iterate inherits bf16's rounding of F (about 3 significant digits),
+so residuals floor near 1e-3.  On CUDA the dot products and the mixing read the bf16
+history directly with float32 accumulation and output (``bmm(..., out_dtype=)``,
+the weights split into a bf16 high and low part); elsewhere (the CPU, or a
+PyTorch without that overload) the history is upcast per step, which is exact but saves no memory.
 """
 
 from __future__ import annotations
@@ -54,6 +62,7 @@ class Anderson(FixedPointSolver):
     beta: float = 1.0
     lam: float = 1e-4
     kind: Literal["I", "II"] = "II"
+    history_dtype: Literal["float32", "bfloat16"] | None = None  # None: the iterate's (compute) dtype
 
     def __post_init__(self) -> None:
         check_positive_int("m", self.m)
@@ -61,17 +70,20 @@ class Anderson(FixedPointSolver):
         check_range("lam", self.lam, 0.0, 1.0)
         if self.kind not in ("I", "II"):
             raise ValueError(f"kind must be 'I' or 'II', got {self.kind!r}")
+        if self.history_dtype not in (None, "float32", "bfloat16"):
+            raise ValueError(f"history_dtype must be None, 'float32' or 'bfloat16', got {self.history_dtype!r}")
 
     def init(self, x0: Tensor) -> AndersonState:
         batch, dim = x0.shape
         compute = torch.promote_types(x0.dtype, torch.float32)
         m = self.m
         opts = dict(dtype=compute, device=x0.device)
+        stored = dict(opts, dtype=getattr(torch, self.history_dtype)) if self.history_dtype else opts
         rhs = torch.zeros(batch, m + 1, 1, **opts)
         rhs[:, 0] = 1.0
         return AndersonState(
-            F=torch.zeros(batch, m, dim, **opts),
-            G=torch.zeros(batch, m, dim, **opts),
+            F=torch.zeros(batch, m, dim, **stored),
+            G=torch.zeros(batch, m, dim, **stored),
             H=torch.zeros(batch, m, m, **opts),
             gg=torch.zeros(batch, m, **opts),
             valid=torch.zeros(m, **opts),
@@ -82,29 +94,29 @@ class Anderson(FixedPointSolver):
         )
 
     def step(self, state: AndersonState, x: Tensor, fx: Tensor, g: Tensor) -> Tensor:
-        compute = state.F.dtype
+        compute = state.H.dtype
         xc, fc, gc = x.to(compute), fx.to(compute), g.to(compute)
         slot = state.count.remainder(self.m).view(1)
-        state.F.index_copy_(1, slot, fc.unsqueeze(1))
-        state.G.index_copy_(1, slot, gc.unsqueeze(1))
+        state.F.index_copy_(1, slot, fc.to(state.F.dtype).unsqueeze(1))
+        state.G.index_copy_(1, slot, gc.to(state.G.dtype).unsqueeze(1))
         state.valid.index_fill_(0, slot, 1.0)
         if self.kind == "II":
-            col = torch.bmm(state.G, gc.unsqueeze(2))  # (B, m, 1): G_i . g
+            col = _history_bmm(state.G, gc.unsqueeze(2), compute)  # (B, m, 1): G_i . g
             state.H.index_copy_(1, slot, col.transpose(1, 2))
             state.H.index_copy_(2, slot, col)
             state.gg.index_copy_(1, slot, col.index_select(1, slot).squeeze(2))
         else:
             # H_ij = X_i . G_j with X_i = F_i - G_i.
-            g_dots = torch.bmm(state.G, torch.stack((xc, gc), dim=2))  # (B, m, 2): G_i.x, G_i.g
-            f_dot_g = torch.bmm(state.F, gc.unsqueeze(2))  # (B, m, 1): F_i . g
+            g_dots = _history_bmm(state.G, torch.stack((xc, gc), dim=2), compute)  # (B, m, 2): G_i.x, G_i.g
+            f_dot_g = _history_bmm(state.F, gc.unsqueeze(2), compute)  # (B, m, 1): F_i . g
             state.H.index_copy_(1, slot, g_dots[..., 0].unsqueeze(1))  # row: x . G_j
             state.H.index_copy_(2, slot, f_dot_g - g_dots[..., 1:])  # column: X_i . g
             state.gg.index_copy_(1, slot, g_dots[..., 1].index_select(1, slot))
         alpha = self._weights(state, slot)
         state.count.add_(1)
-        mixed = torch.bmm(alpha.unsqueeze(1), state.F).squeeze(1)
+        mixed = _weights_bmm(alpha.unsqueeze(1), state.F, compute).squeeze(1)
         if self.beta != 1.0:
-            mixed = mixed - (1.0 - self.beta) * torch.bmm(alpha.unsqueeze(1), state.G).squeeze(1)
+            mixed = mixed - (1.0 - self.beta) * _weights_bmm(alpha.unsqueeze(1), state.G, compute).squeeze(1)
         return mixed.to(x.dtype)
 
     def _weights(self, state: AndersonState, slot: Tensor) -> Tensor:
@@ -120,6 +132,47 @@ class Anderson(FixedPointSolver):
         newest = (state.slots == slot).to(alpha.dtype)  # fallback: a plain damped step
         ok = torch.isfinite(alpha).all(dim=1, keepdim=True)
         return torch.where(ok, alpha, newest)
+
+
+_OUT_DTYPE_BMM: dict[int, bool] = {}
+
+
+def _reads_low_precision(history: Tensor) -> bool:
+    """Whether this CUDA device's ``bmm`` takes ``out_dtype`` (PyTorch >= 2.8); probed once per device, eagerly
+    (a solver's first step always runs before any CUDA-graph capture)."""
+    if not history.is_cuda:
+        return False
+    index = history.device.index if history.device.index is not None else torch.cuda.current_device()
+    if index not in _OUT_DTYPE_BMM:
+        probe = torch.zeros(1, 1, 1, dtype=torch.bfloat16, device=history.device)
+        try:
+            torch.bmm(probe, probe, out_dtype=torch.float32)
+            _OUT_DTYPE_BMM[index] = True
+        except (TypeError, RuntimeError):
+            _OUT_DTYPE_BMM[index] = False
+    return _OUT_DTYPE_BMM[index]
+
+
+def _history_bmm(history: Tensor, vectors: Tensor, compute: torch.dtype) -> Tensor:
+    """history (B, m, D) @ vectors (B, D, k) in ``compute`` precision, reading a low-precision history in place."""
+    if history.dtype == compute:
+        return torch.bmm(history, vectors)
+    if _reads_low_precision(history):
+        return torch.bmm(history, vectors.to(history.dtype), out_dtype=compute)
+    return torch.bmm(history.to(compute), vectors)
+
+
+def _weights_bmm(weights: Tensor, history: Tensor, compute: torch.dtype) -> Tensor:
+    """weights (B, 1, m) @ history (B, m, D) in ``compute`` precision.  For a bf16 history on CUDA the float32
+    weights are split into bf16 high and low parts (16 significant bits), two products with float32 output."""
+    if history.dtype == compute:
+        return torch.bmm(weights, history)
+    if _reads_low_precision(history):
+        high = weights.to(history.dtype)
+        low = (weights - high.to(compute)).to(history.dtype)
+        return (torch.bmm(high, history, out_dtype=compute)
+                + torch.bmm(low, history, out_dtype=compute))
+    return torch.bmm(weights, history.to(compute))
 
 
 def _small_solve(A: Tensor, rhs: Tensor) -> Tensor:

@@ -54,8 +54,10 @@ def to_model_range(images_uint8: Tensor, device: torch.device) -> Tensor:
 
 def jiio_reconstruct(gen: MDEQGenerator, observed: Tensor, mask: Tensor | None, solve: JIIOSolve,
                      jac_probes: int = 0, backward: str = "none",
-                     backward_options: dict[str, Any] | None = None) -> JIIOResult:
-    """JIIO on ``min_{x,z: z=f(z,x)} ||mask (h(z) - observed)||^2`` (eq. 20 / 22) from z = 0, x = 0."""
+                     backward_options: dict[str, Any] | None = None,
+                     history_dtype: str | None = None) -> JIIOResult:
+    """JIIO on ``min_{x,z: z=f(z,x)} ||mask (h(z) - observed)||^2`` (eq. 20 / 22) from z = 0, x = 0;
+    ``history_dtype="bfloat16"`` keeps the Anderson history in bf16 (appendix C.6 memory)."""
     gen.prepare()
     b = observed.shape[0]
     options: dict[str, Any] = {}
@@ -67,7 +69,8 @@ def jiio_reconstruct(gen: MDEQGenerator, observed: Tensor, mask: Tensor | None, 
         options["backward_options"] = backward_options
     return jiio(gen.layer, gen.cost_fn(observed, mask), gen.z0(b, observed), observed.new_zeros(b, gen.config.latent_dim),
                 max_iter=solve.iterations, alpha=solve.alpha, method="anderson",
-                solver_options={"m": solve.memory, "kind": solve.anderson_kind}, selection=solve.selection,
+                solver_options={"m": solve.memory, "kind": solve.anderson_kind, "history_dtype": history_dtype},
+                selection=solve.selection,
                 cuda_graph=solve.cuda_graph, backward=backward, **options)
 
 

@@ -1,0 +1,376 @@
+#!/usr/bin/env python
+"""One prepared GPU check (issue 14): paper-size speed and memory of the JIIO tables, side by side in one process.
+
+Runs every measurement the GPU issue lists that exists in the library today, each section under its own time
+budget, and writes after every section (so a run cut short keeps what it measured):
+
+* ``gpu_check.json``: environment (device, torch, git revision), each section's raw numbers;
+* ``gpu_check.csv``: one row per headline number with its target and whether it was met.
+
+Sections (``--sections``, in this order):
+
+``table2``   MDEQ-SMALL at the paper's settings on the digits28 stand-in: PGD-20 vs JIIO-80 per example at batch
+             96 and 1, eager (``cuda_graph=off``), bookkeeping graphed (``auto``) and whole iterations graphed
+             (``full``), both methods in the same mode; nominal f / VJP counts from the settings.
+``table3``   the paper-size MDEQ generator (3 x 64 x 64, untrained, fixed iteration counts): Adam-40 vs JIIO-40 vs
+             JIIO-100 at batch 48 and 1; targets are images the generator itself makes from random latents, so the
+             returned costs say how far each method got.
+``memory``   peak CUDA allocation at batch 48: Adam-40 against JIIO-40 with the paper's Anderson memory (40) in
+             float32 and bf16 history and with memory 20 / 10, each with its returned reconstruction cost.
+``overhead`` ``tests/benchmarks/test_solver_overhead.py`` under pytest-benchmark on CUDA (Anderson 30 / bare 30).
+``torchdeq`` ``tests/benchmarks/compare_torchdeq.py`` on CUDA (needs the torchdeq wheel, see ``gpu_check.sh``).
+``train``    a few optimisation steps of each task on the ``paper-standin`` profile (paper-size models, stand-in
+             data) through the ``deqbench`` command line, to prove the GPU training paths run.
+
+``--tiny`` shrinks every size so the whole script runs in a minute on a CPU (for testing the script, not for
+numbers).  Usage: ``python bench/gpu_check.py --out results/gpu`` (``bench/gpu_check.sh`` wraps it for the device).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from deqbench.experiments.config import load_profile  # noqa: E402
+from deqbench.experiments.runtime import seed_everything, sync  # noqa: E402
+
+PARAMS = REPO / "params.yaml"
+PROFILE = "paper-standin"
+
+# Targets of issue 14 (ms per example, ratios); None: reported, no target.
+TARGETS = {
+    "table2 jiio-80 ms/example batch 96": ("<=", 2.5),
+    "table2 jiio-80 ms/example batch 1": ("<=", 100.0),
+    "table3 jiio-40 ms/example batch 48": ("<=", 15.0),
+    "table3 jiio-40 ms/example batch 1": ("<=", 200.0),
+    "table3 adam-40 / jiio-40 batch 48": (">=", 9.0),
+    "memory jiio-40 / adam-40 batch 48": ("<=", 1.5),
+    "overhead anderson / bare conv": ("<=", 1.5),
+    "torchdeq anderson / ours": (">=", 2.0),
+}
+
+
+class Report:
+    """Collects sections and headline rows; rewrites both files atomically after every section."""
+
+    def __init__(self, out: Path, environment: dict[str, Any]):
+        self.out, self.data, self.rows = out, {"environment": environment, "sections": {}}, []
+        out.mkdir(parents=True, exist_ok=True)
+
+    def headline(self, name: str, value: float, unit: str, note: str = "") -> None:
+        op, target = TARGETS.get(name, (None, None))
+        met = "" if target is None else str(value <= target if op == "<=" else value >= target).lower()
+        self.rows.append({"measurement": name, "value": round(value, 4), "unit": unit,
+                          "target": "" if target is None else f"{op} {target}", "met": met, "note": note})
+        print(f"  {name}: {value:.4g} {unit}" + (f"  (target {op} {target}: {met})" if target is not None else ""),
+              flush=True)
+
+    def section(self, name: str, content: dict[str, Any]) -> None:
+        self.data["sections"][name] = content
+        self.data["headlines"] = self.rows
+        self._write("gpu_check.json", json.dumps(self.data, indent=2, default=str))
+        with tempfile.NamedTemporaryFile("w", dir=self.out, delete=False, newline="") as fh:
+            writer = csv.DictWriter(fh, ["measurement", "value", "unit", "target", "met", "note"])
+            writer.writeheader()
+            writer.writerows(self.rows)
+        os.replace(fh.name, self.out / "gpu_check.csv")
+
+    def _write(self, name: str, text: str) -> None:
+        with tempfile.NamedTemporaryFile("w", dir=self.out, delete=False) as fh:
+            fh.write(text)
+        os.replace(fh.name, self.out / name)
+
+
+def environment() -> dict[str, Any]:
+    rev = os.environ.get("DEQBENCH_GIT_REV")
+    if not rev:
+        try:
+            rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                 check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            rev = "unknown"
+    cuda = torch.cuda.is_available()
+    return {"device": torch.cuda.get_device_name() if cuda else f"cpu ({platform.processor() or platform.machine()})",
+            "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+            "git_revision": rev, "tf32": False, "dtype": "float32",
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+# ----------------------------------------------------------------------------- Table 2
+
+
+def section_table2(report: Report, device: torch.device, tiny: bool) -> dict[str, Any]:
+    from deqbench.tasks.jiio_adversarial import TASK
+    from deqbench.tasks.jiio_adversarial.task import prepare_dataset, time_attacks
+
+    settings = TASK.settings(load_profile(PARAMS, PROFILE))
+    job = settings.timing()
+    data = prepare_dataset(settings.prepare(job.timing.dataset))
+    net = job.net
+    batches, repeats = ((8, 1), 1) if tiny else ((96, 1), 5)
+    if tiny:
+        net = dataclasses.replace(net, model=dataclasses.replace(
+            net.model, channels=(8, 8), expansion=2, fuse_groups=4, head_channels=(4, 8), final_channels=32))
+    fwd, bwd = net.solver.forward.max_iter, net.solver.backward.max_iter
+    counts = {"pgd": {"f": job.attack.pgd.steps * fwd, "vjp": job.attack.pgd.steps * bwd,
+                      "note": "per step: forward Broyden solve + backward Broyden solve + one loss gradient"},
+              "jio": {"f": job.attack.jio.iterations, "vjp": job.attack.jio.iterations,
+                      "note": "per iteration: one f and one VJP of the augmented map (eq. 11)"}}
+    out: dict[str, Any] = {"profile": PROFILE, "data": "digits28 stand-in at 28 px", "nominal_counts": counts,
+                           "modes": {}}
+    for mode in ("full", "auto", "off"):
+        timed = dataclasses.replace(job, net=dataclasses.replace(net, cuda_graph=mode),
+                                    timing=dataclasses.replace(job.timing, batch_sizes=batches,
+                                                               repeats=repeats if mode == "full" else max(1, repeats - 2)))
+        rows = time_attacks(timed, data, device, progress=False)
+        out["modes"][mode] = rows
+        for row in rows:
+            print(f"  [{mode}] {row['method']}-{row['iterations']} batch {row['batch_size']}: "
+                  f"{row['ms_per_example']:.2f} ms/example", flush=True)
+    for row in out["modes"]["full"]:
+        if row["method"] == "jio":
+            report.headline(f"table2 jiio-80 ms/example batch {row['batch_size']}", row["ms_per_example"], "ms",
+                            "cuda_graph=full")
+            report.headline(f"table2 pgd-20 / jiio-80 batch {row['batch_size']}", row["pgd_over_jio"], "x",
+                            "both cuda_graph=full")
+    for row in out["modes"]["off"]:
+        if row["method"] == "jio":
+            report.headline(f"table2 pgd-20 / jiio-80 batch {row['batch_size']} eager", row["pgd_over_jio"], "x",
+                            "both cuda_graph=off")
+    return out
+
+
+# ----------------------------------------------------------------------------- Table 3 and memory
+
+
+def _generator_setup(device: torch.device, tiny: bool, batch: int):
+    from deqbench.tasks.jiio_generative import TASK
+    from deqbench.tasks.jiio_generative.methods import build_model
+
+    profile = "embedded" if tiny else PROFILE
+    job = TASK.settings(load_profile(PARAMS, profile)).timing()
+    seed_everything(0)
+    model = build_model(job.arch, 3).to(device).eval()
+    with torch.no_grad():
+        latent = torch.randn(batch, job.arch.latent_dim, device=device)
+        targets = model(latent, forward={"max_iter": 30}).clamp(-1, 1)
+    return job, model, targets
+
+
+def section_table3(report: Report, device: torch.device, tiny: bool) -> dict[str, Any]:
+    from deqbench.tasks.jiio_generative.timing import time_side_by_side
+
+    out: dict[str, Any] = {"profile": PROFILE, "channels": 3, "weights": "untrained (seed 0)",
+                           "targets": "the generator's own images of random latents", "batches": {}}
+    for batch in ((4, 1) if tiny else (48, 1)):
+        job, model, targets = _generator_setup(device, tiny, batch)
+        out["parameters"] = model.num_parameters()
+        methods = {f"adam{job.adam.steps}": job.adam, "jiio40": job.jiio40,
+                   f"jiio{job.jiio_test.iterations}": job.jiio_test}
+        timed = dataclasses.replace(job, timing=dataclasses.replace(job.timing, repeats=1 if tiny else 3, warmup=1))
+        result = time_side_by_side(model, targets, timed, methods, device, False, f"table3 batch {batch}")
+        rows = {}
+        for name, r in result.items():
+            rows[name] = {"ms_per_call": 1e3 * r["median"], "ms_per_example": 1e3 * r["median"] / batch,
+                          "samples_ms": [1e3 * s for s in r["samples"]],
+                          "returned_cost_mean": float(r["returned"].mean())}
+            print(f"  batch {batch} {name}: {rows[name]['ms_per_example']:.2f} ms/example, "
+                  f"cost {rows[name]['returned_cost_mean']:.4g}", flush=True)
+        out["batches"][batch] = rows
+        adam = rows[f"adam{job.adam.steps}"]["ms_per_call"]
+        report.headline(f"table3 jiio-40 ms/example batch {batch}",
+                        rows["jiio40"]["ms_per_example"], "ms")
+        report.headline(f"table3 adam-40 / jiio-40 batch {batch}", adam / rows["jiio40"]["ms_per_call"], "x")
+        del model, targets
+        torch.cuda.empty_cache() if device.type == "cuda" else None
+    print(f"  generator parameters: {out['parameters'] / 1e6:.2f} M (paper 40.8 M)", flush=True)
+    report.headline("table3 generator parameters", out["parameters"] / 1e6, "M", "paper: 40.8 M")
+    return out
+
+
+def section_memory(report: Report, device: torch.device, tiny: bool) -> dict[str, Any]:
+    from deqbench.tasks.jiio_generative.methods import adam_reconstruct_deq, jiio_reconstruct
+
+    batch = 4 if tiny else 48
+    job, model, targets = _generator_setup(device, tiny, batch)
+    model.prepare()
+
+    def peak(fn: Callable[[], Any]) -> tuple[float, Any]:
+        if device.type != "cuda":
+            return float("nan"), fn()
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        with torch.no_grad():
+            result = fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**30, result
+
+    variants = {"jiio40 m40 float32": (job.jiio40, None), "jiio40 m40 bf16 history": (job.jiio40, "bfloat16"),
+                "jiio40 m20 float32": (dataclasses.replace(job.jiio40, memory=20), None),
+                "jiio40 m10 float32": (dataclasses.replace(job.jiio40, memory=10), None)}
+    rows = {}
+    adam_short = dataclasses.replace(job.adam, steps=2)  # Adam's peak is reached in its first step
+    gib, res = peak(lambda: adam_reconstruct_deq(model, targets, None, adam_short))
+    rows["adam40"] = {"peak_gib": gib, "note": "2 steps (the peak is reached in the first)"}
+    adam_full = adam_reconstruct_deq(model, targets, None, job.adam) if not tiny else res
+    rows["adam40"]["returned_cost_mean"] = float(adam_full.cost.mean())
+    for name, (solve, history) in variants.items():
+        gib, res = peak(lambda: jiio_reconstruct(model, targets, None, solve, history_dtype=history))
+        rows[name] = {"peak_gib": gib, "memory": solve.memory, "history_dtype": history or "float32",
+                      "returned_cost_mean": float(res.cost.mean()),
+                      "last_iterate_cost_mean": float(res.trace_cost[:, -1].mean())}
+    for name, r in rows.items():
+        ratio = r["peak_gib"] / rows["adam40"]["peak_gib"] if rows["adam40"]["peak_gib"] else float("nan")
+        r["over_adam"] = ratio
+        print(f"  {name}: {r['peak_gib']:.3f} GiB ({ratio:.2f}x Adam), cost {r['returned_cost_mean']:.4g}", flush=True)
+    report.headline("memory jiio-40 / adam-40 batch 48", rows["jiio40 m40 float32"]["over_adam"], "x",
+                    "Anderson memory 40, float32 history (paper settings)")
+    report.headline("memory jiio-40 bf16 history / adam-40 batch 48", rows["jiio40 m40 bf16 history"]["over_adam"],
+                    "x", "Anderson memory 40, bf16 history")
+    report.headline("memory jiio-40 m20 / adam-40 batch 48", rows["jiio40 m20 float32"]["over_adam"], "x",
+                    "Anderson memory 20")
+    return {"batch": batch, "measure": "torch.cuda.max_memory_allocated above the pre-call level", "rows": rows}
+
+
+# ----------------------------------------------------------------------------- pytest benchmarks and torchdeq
+
+
+def _run(cmd: list[str], timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    print("  $ " + " ".join(cmd), flush=True)
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def section_overhead(report: Report, device: torch.device, tiny: bool, out_dir: Path) -> dict[str, Any]:
+    path = out_dir / "overhead_benchmarks.json"
+    proc = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--benchmark-only",
+                 "tests/benchmarks/test_solver_overhead.py", "-k", "not broyden"], 240,
+                {"DEQBENCH_BENCH_DEVICES": device.type, "DEQBENCH_BENCH_JSON": str(path)})
+    print(proc.stdout[-1500:], flush=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"pytest exit {proc.returncode}: {proc.stderr[-1000:]}")
+    data = json.loads(path.read_text())
+    for r in data["ratios"]:
+        if r["numerator"] == "anderson":
+            kind = "conv" if "conv" in r["group"] else "mlp"
+            report.headline(f"overhead anderson / bare {kind}", r["ratio"], "x", r["group"])
+    return data
+
+
+def section_torchdeq(report: Report, device: torch.device, tiny: bool, out_dir: Path) -> dict[str, Any]:
+    path = out_dir / "torchdeq.json"
+    cmd = [sys.executable, "tests/benchmarks/compare_torchdeq.py", "--device", device.type, "--out", str(path)]
+    cmd += ["--quick"] if tiny else ["--repeats", "10", "--warmup", "3"]
+    proc = _run(cmd, 240)
+    print(proc.stdout[-2500:], flush=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"compare_torchdeq exit {proc.returncode}: {proc.stderr[-1000:]}")
+    data = json.loads(path.read_text())
+    return data
+
+
+# ----------------------------------------------------------------------------- training smoke
+
+
+def section_train(report: Report, device: torch.device, tiny: bool, out_dir: Path) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="deqbench-gpu-train-"))
+    base = [sys.executable, "-m", "deqbench", "--profile", "smoke" if tiny else PROFILE, "--no-progress"]
+    steps = "2" if tiny else "4"
+    adv = ["--set", f"jiio_adversarial.train.max_steps={steps}", "--set", "jiio_adversarial.train.log_every=1",
+           "--set", "jiio_adversarial.train.checkpoint_every=2"]
+    gen = ["--set", f"jiio_generative.train.steps={steps}", "--set", f"jiio_generative.train.inverse_steps={steps}",
+           "--set", "jiio_generative.train.log_every=1", "--set", "jiio_generative.train.checkpoint_every=2"]
+    jobs = [("jiio_adversarial prepare", base + ["jiio_adversarial", "prepare", "--dataset", "mnist",
+                                                 "--out", str(work / "digits.pt")])]
+    for method in ("clean", "pgd", "jio"):
+        jobs.append((f"jiio_adversarial train {method}", base + adv + [
+            "jiio_adversarial", "train", "--data", str(work / "digits.pt"), "--dataset", "mnist", "--method", method,
+            "--eps", "0" if method == "clean" else "1", "--seed", "0", "--out", str(work / f"adv_{method}.pt"),
+            "--partial", str(work / f"adv_{method}.partial")]))
+    jobs.append(("jiio_generative prepare", base + ["jiio_generative", "prepare", "--out", str(work / "faces.pt")]))
+    for model, problem in (("jiio40", "reconstruct"), ("mdeq_vae", "reconstruct"), ("jiio40", "inpaint20")):
+        jobs.append((f"jiio_generative train {model} {problem}", base + gen + [
+            "jiio_generative", "train", "--data", str(work / "faces.pt"), "--model", model, "--problem", problem,
+            "--seed", "0", "--out", str(work / f"gen_{model}_{problem}.pt"),
+            "--partial", str(work / f"gen_{model}_{problem}.partial")]))
+    results = []
+    for name, cmd in jobs:
+        t0 = time.perf_counter()
+        proc = _run(cmd, 240)
+        wall = time.perf_counter() - t0
+        tail = (proc.stdout + proc.stderr)[-600:]
+        results.append({"job": name, "exit": proc.returncode, "wall_s": wall, "output_tail": tail})
+        print(f"  {name}: exit {proc.returncode}, {wall:.1f} s\n    " + tail.strip().replace("\n", "\n    "),
+              flush=True)
+    ok = sum(r["exit"] == 0 for r in results)
+    report.headline("train smoke jobs passing", ok, f"of {len(results)}", f"profile {PROFILE}, {steps} steps each")
+    return {"profile": PROFILE, "steps": int(steps), "jobs": results}
+
+
+SECTIONS = ("table2", "table3", "memory", "overhead", "torchdeq", "train")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=str(REPO / "results" / "gpu"))
+    parser.add_argument("--tiny", action="store_true", help="tiny sizes, for testing the script on a CPU")
+    parser.add_argument("--sections", default=",".join(SECTIONS))
+    parser.add_argument("--deadline", type=float, default=450.0, help="skip sections that start after this many s")
+    args = parser.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cudnn.benchmark = True
+    elif not args.tiny:
+        print("no CUDA device: use --tiny to test the script on a CPU", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    report = Report(out, environment())
+    print(json.dumps(report.data["environment"]), flush=True)
+    start = time.perf_counter()
+    failures = 0
+    for name in args.sections.split(","):
+        elapsed = time.perf_counter() - start
+        if elapsed > args.deadline:
+            report.section(name, {"skipped": f"deadline: started {elapsed:.0f} s in"})
+            continue
+        print(f"== {name} ({elapsed:.0f} s in)", flush=True)
+        t0 = time.perf_counter()
+        try:
+            fn = globals()[f"section_{name}"]
+            content = fn(report, device, args.tiny, out) if name in ("overhead", "torchdeq", "train") \
+                else fn(report, device, args.tiny)
+            content["wall_s"] = time.perf_counter() - t0
+        except Exception as err:  # keep measuring the other sections; the error goes in the report
+            failures += 1
+            traceback.print_exc()
+            content = {"error": f"{type(err).__name__}: {err}", "wall_s": time.perf_counter() - t0}
+        report.section(name, content)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        sync(device)
+    print(f"== done in {time.perf_counter() - start:.0f} s, {failures} section(s) failed", flush=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
