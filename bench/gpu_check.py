@@ -17,6 +17,9 @@ Sections (``--sections``, in this order):
              returned costs say how far each method got.
 ``memory``   peak CUDA allocation at batch 48: Adam-40 against JIIO-40 with the paper's Anderson memory (40) in
              float32 and bf16 history and with memory 20 / 10, each with its returned reconstruction cost.
+``profile``  where JIIO's time goes: kernel time per stage (f, inner cost, their joint VJP, the Anderson step) of
+             one eager call against the graphed wall time, Table 2 at batch 96 and Table 3 at batch 48 (and the
+             latter once with TF32, to show how far arithmetic bounds it).
 ``overhead`` ``tests/benchmarks/test_solver_overhead.py`` under pytest-benchmark on CUDA (Anderson 30 / bare 30).
 ``torchdeq`` ``tests/benchmarks/compare_torchdeq.py`` on CUDA (needs the torchdeq wheel, see ``gpu_check.sh``).
 ``train``    a few optimisation steps of each task on the ``paper-standin`` profile (paper-size models, stand-in
@@ -225,7 +228,9 @@ def section_memory(report: Report, device: torch.device, tiny: bool) -> dict[str
 
     variants = {"jiio40 m40 float32": (job.jiio40, None), "jiio40 m40 bf16 history": (job.jiio40, "bfloat16"),
                 "jiio40 m20 float32": (dataclasses.replace(job.jiio40, memory=20), None),
-                "jiio40 m10 float32": (dataclasses.replace(job.jiio40, memory=10), None)}
+                "jiio40 m10 float32": (dataclasses.replace(job.jiio40, memory=10), None),
+                "jiio40 m30 bf16 history": (dataclasses.replace(job.jiio40, memory=30), "bfloat16"),
+                "jiio40 m20 bf16 history": (dataclasses.replace(job.jiio40, memory=20), "bfloat16")}
     rows = {}
     adam_short = dataclasses.replace(job.adam, steps=2)  # Adam's peak is reached in its first step
     gib, res = peak(lambda: adam_reconstruct_deq(model, targets, None, adam_short))
@@ -247,7 +252,158 @@ def section_memory(report: Report, device: torch.device, tiny: bool) -> dict[str
                     "x", "Anderson memory 40, bf16 history")
     report.headline("memory jiio-40 m20 / adam-40 batch 48", rows["jiio40 m20 float32"]["over_adam"], "x",
                     "Anderson memory 20")
+    report.headline("memory jiio-40 m20 bf16 history / adam-40 batch 48", rows["jiio40 m20 bf16 history"]["over_adam"],
+                    "x", "Anderson memory 20, bf16 history")
     return {"batch": batch, "measure": "torch.cuda.max_memory_allocated above the pre-call level", "rows": rows}
+
+
+# ----------------------------------------------------------------------------- where the time goes
+
+
+def _device_time_us(event: Any) -> float:
+    for attr in ("device_time_total", "cuda_time_total"):
+        if hasattr(event, attr):
+            return float(getattr(event, attr))
+    return 0.0
+
+
+def _self_device_time_us(event: Any) -> float:
+    for attr in ("self_device_time_total", "self_cuda_time_total"):
+        if hasattr(event, attr):
+            return float(getattr(event, attr))
+    return 0.0
+
+
+def _attributed_profile(run: Callable[[], Any], layer_owner: Any, device: torch.device) -> dict[str, Any]:
+    """Kernel time of one eager call, split by annotated ranges: f (the DEQ layer), cost (the inner cost), the
+    augmented map as a whole (f + cost + their joint VJP) and the Anderson step; the VJP is augmented - f - cost."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    from deqbench.core.solvers.anderson import Anderson
+    from deqbench.inputopt import jiio as jiio_module
+
+    def annotate(fn: Callable[..., Any], label: str) -> Callable[..., Any]:
+        def wrapped(*a: Any, **k: Any) -> Any:
+            with record_function(label):
+                return fn(*a, **k)
+        return wrapped
+
+    originals = {"aug": jiio_module._Augmented.__call__, "step": Anderson.step,
+                 "layer_fn": getattr(layer_owner, "layer_fn", None), "layer": getattr(layer_owner, "layer", None),
+                 "cost_fn": layer_owner.cost_fn}
+    jiio_module._Augmented.__call__ = annotate(originals["aug"], "bench::augmented")
+    Anderson.step = annotate(originals["step"], "bench::anderson_step")
+    if originals["layer_fn"] is not None:  # classifier: layer_fn(images) -> f(z, x)
+        layer_owner.layer_fn = lambda images: annotate(originals["layer_fn"](images), "bench::f")
+    else:  # generator: f(z, x) is the bound method ``layer``
+        layer_owner.layer = annotate(originals["layer"], "bench::f")
+    layer_owner.cost_fn = lambda *a: annotate(originals["cost_fn"](*a), "bench::cost")
+    try:
+        run()  # warm-up (cuDNN autotuning) outside the profile
+        sync(device)
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        t0 = time.perf_counter()
+        with profile(activities=activities) as prof:
+            run()
+            sync(device)
+        wall = time.perf_counter() - t0
+    finally:
+        jiio_module._Augmented.__call__ = originals["aug"]
+        Anderson.step = originals["step"]
+        for name in ("layer_fn", "layer", "cost_fn"):
+            if name in layer_owner.__dict__:
+                del layer_owner.__dict__[name]
+    events = prof.key_averages()
+    # On the CPU (testing the script) the ranges' CPU time stands in for kernel time.
+    range_time = _device_time_us if device.type == "cuda" else (lambda e: float(e.cpu_time_total))
+    ranges = {e.key: range_time(e) / 1e3 for e in events if e.key.startswith("bench::")}
+    kernels = [e for e in events if not e.key.startswith("bench::") and _self_device_time_us(e) > 0
+               and not e.key.startswith("aten::")]
+    kernel_ms = sum(_self_device_time_us(e) for e in kernels) / 1e3
+    launches = sum(e.count for e in kernels)
+    top = sorted(kernels, key=_self_device_time_us, reverse=True)[:15]
+    aug, f, cost = (ranges.get(f"bench::{k}", 0.0) for k in ("augmented", "f", "cost"))
+    split = {"f_ms": f, "cost_ms": cost, "joint_vjp_ms": aug - f - cost, "anderson_step_ms": ranges.get(
+        "bench::anderson_step", 0.0), "other_ms": kernel_ms - aug - ranges.get("bench::anderson_step", 0.0)}
+    return {"eager_wall_ms_profiled": 1e3 * wall, "kernel_ms": kernel_ms, "kernel_launches": launches,
+            "split_ms": split, "top_kernels": [{"name": e.key[:120], "count": e.count,
+                                                "ms": _self_device_time_us(e) / 1e3} for e in top]}
+
+
+def section_profile(report: Report, device: torch.device, tiny: bool) -> dict[str, Any]:
+    """Where JIIO's time goes (issue 14: a missed target is profiled): kernel time by stage in an eager call, against
+    the graphed wall time of the same call, for Table 2 (MDEQ-SMALL, batch 96) and Table 3 (generator, batch 48)."""
+    from deqbench.tasks.jiio_adversarial import TASK as ADV
+    from deqbench.tasks.jiio_adversarial.task import build_model as build_classifier, jio_attack, prepare_dataset
+    from deqbench.tasks.jiio_generative.methods import jiio_reconstruct
+
+    out: dict[str, Any] = {}
+    settings = ADV.settings(load_profile(PARAMS, PROFILE))
+    job = settings.timing()
+    data = prepare_dataset(settings.prepare(job.timing.dataset))
+    net = job.net
+    batch = 8 if tiny else 96
+    if tiny:
+        net = dataclasses.replace(net, model=dataclasses.replace(
+            net.model, channels=(8, 8), expansion=2, fuse_groups=4, head_channels=(4, 8), final_channels=32))
+    seed_everything(0)
+    model = build_classifier(net, 1, 10).to(device).eval()
+    from deqbench.core.norms import reset_norms
+    reset_norms(model)
+    images = data["test"]["images"][:batch].to(device)
+    labels = data["test"]["labels"][:batch].to(device)
+
+    def attack(mode: str) -> Callable[[], Any]:
+        n = dataclasses.replace(net, cuda_graph=mode)
+        return lambda: jio_attack(model, images, labels, n, job.attack.jio, job.timing.eps)
+
+    def graphed_ms(fn: Callable[[], Any], repeats: int = 3) -> float:
+        with torch.no_grad():
+            fn()
+            samples = []
+            for _ in range(repeats):
+                sync(device)
+                t0 = time.perf_counter()
+                fn()
+                sync(device)
+                samples.append(time.perf_counter() - t0)
+        return 1e3 * sorted(samples)[len(samples) // 2]
+
+    with torch.no_grad():
+        prof = _attributed_profile(attack("off"), model, device)
+    prof["graphed_wall_ms"] = graphed_ms(attack("full"))
+    prof["iterations"], prof["batch"] = job.attack.jio.iterations, batch
+    out["table2_jiio80"] = prof
+    report.headline("profile table2 jiio-80 kernel ms/example batch 96", prof["kernel_ms"] / batch, "ms",
+                    f"graphed wall {prof['graphed_wall_ms'] / batch:.2f} ms/example; split {prof['split_ms']}")
+    print(f"  table2: {json.dumps({k: v for k, v in prof.items() if k != 'top_kernels'})}", flush=True)
+
+    gbatch = 4 if tiny else 48
+    gjob, gen, targets = _generator_setup(device, tiny, gbatch)
+    solve = gjob.jiio40
+
+    def reconstruct(mode: str) -> Callable[[], Any]:
+        s = dataclasses.replace(solve, cuda_graph=mode)
+        return lambda: jiio_reconstruct(gen, targets, None, s)
+
+    with torch.no_grad():
+        gprof = _attributed_profile(reconstruct("off"), gen, device)
+    gprof["graphed_wall_ms"] = graphed_ms(reconstruct("full"))
+    if device.type == "cuda":  # is the generator arithmetic-bound?  the same call with TF32 convolutions / matmuls
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        try:
+            gprof["graphed_wall_ms_tf32"] = graphed_ms(reconstruct("full"))
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    gprof["iterations"], gprof["batch"] = solve.iterations, gbatch
+    out["table3_jiio40"] = gprof
+    report.headline("profile table3 jiio-40 kernel ms/example batch 48", gprof["kernel_ms"] / gbatch, "ms",
+                    f"graphed wall {gprof['graphed_wall_ms'] / gbatch:.2f} ms/example; split {gprof['split_ms']}")
+    if "graphed_wall_ms_tf32" in gprof:
+        report.headline("profile table3 jiio-40 ms/example batch 48 with TF32", gprof["graphed_wall_ms_tf32"] / gbatch,
+                        "ms", "not the fp32 measurement: shows how far arithmetic bounds it")
+    print(f"  table3: {json.dumps({k: v for k, v in gprof.items() if k != 'top_kernels'})}", flush=True)
+    return out
 
 
 # ----------------------------------------------------------------------------- pytest benchmarks and torchdeq
@@ -325,7 +481,7 @@ def section_train(report: Report, device: torch.device, tiny: bool, out_dir: Pat
     return {"profile": PROFILE, "steps": int(steps), "jobs": results}
 
 
-SECTIONS = ("table2", "table3", "memory", "overhead", "torchdeq", "train")
+SECTIONS = ("table2", "table3", "memory", "profile", "overhead", "torchdeq", "train")
 
 
 def main(argv: list[str] | None = None) -> int:
