@@ -12,6 +12,7 @@ rule claims:
         tables=[spec.outputs()["csv"] for spec in ALL_TABLES.values()],
         provenance=[spec.outputs()["provenance"] for spec in ALL_TABLES.values()],
         declarations=str(CLAIMS_FILE),
+        gpu_check=ancient("results/gpu/gpu_check.csv"),  # the last GPU check (bench/gpu_check.py), committed
     output:
         csv=report("results/claims.csv", caption=CAPTION, category="Claims ledger"),
         md="results/claims.md",

@@ -5,7 +5,7 @@ is made, and either a check on cells of our tables or the reason it cannot be ch
 ``{table, where: {column: value, ...}, column}`` (``max`` / ``min`` as a ``where`` value picks that row).  Checks:
 
 * ``ratio``: ``numerator / denominator`` within ``[at_least, at_most]`` (speed-ups, memory ratios);
-* ``compare``: ``left <op> right`` (``>``, ``<``, ``>=``, ``<=``);
+* ``compare``: ``left <op> right`` (``>``, ``<``, ``>=``, ``<=``); ``right`` may be a number (a paper's threshold);
 * ``within``: ``|left - right| <= tolerance`` (+ ``se`` standard errors of the two means, from their std columns);
 * ``ordering``: ``cells`` strictly ``descending`` or ``ascending``;
 * ``all``: a list of checks that must all hold.
@@ -14,6 +14,10 @@ is made, and either a check on cells of our tables or the reason it cannot be ch
 with the reason, so a claim never "holds" on models that learned nothing.  The same check is also run on the
 paper's own numbers (the tables' reference columns) as a sanity check of the declaration.  Our value only ever
 comes from measured columns; a claim naming a reference column is rejected.
+
+Besides the tables the tasks declare, the ledger reads ``gpu_check``: the headline rows of the last GPU check
+(``results/gpu/gpu_check.csv`` and its ``gpu_check.json``, written by ``bench/gpu_check.py`` on the device), so the
+speed and memory claims carry their paper-size GPU numbers with the device in their conditions.
 
 Verdicts: ``holds``, ``does not hold`` or ``not measured: <reason>``; a verdict from a reduced-scale profile or
 stand-in data says so in brackets.
@@ -40,6 +44,9 @@ from deqbench.experiments.runtime import device_name
 from deqbench.experiments.tables import Column, render_csv, render_html, render_markdown
 
 CLAIMS_FILE = Path(__file__).resolve().parents[1] / "tasks" / "claims.yaml"
+#: Tables read from files other than ``<results>/<name>.csv``: name -> (CSV path under results, columns).
+GPU_CHECK = "gpu_check"
+EXTRA_TABLES = {GPU_CHECK: ("gpu/gpu_check.csv", ("measurement", "value", "unit", "target", "met", "note"))}
 HOLDS, FAILS = "holds", "does not hold"
 OPERATORS = {">": operator.gt, "<": operator.lt, ">=": operator.ge, "<=": operator.le}
 COLUMNS = (
@@ -73,7 +80,7 @@ class Tables:
 
     def rows(self, table: str) -> list[dict[str, str]]:
         if table not in self._rows:
-            path = self.root / f"{table}.csv"
+            path = self.root / (EXTRA_TABLES[table][0] if table in EXTRA_TABLES else f"{table}.csv")
             if not path.exists():
                 raise NotMeasured(f"{path} not built")
             with path.open() as fh:
@@ -81,6 +88,13 @@ class Tables:
         return self._rows[table]
 
     def provenance(self, table: str) -> dict[str, Any]:
+        if table == GPU_CHECK:  # the GPU check records its environment, not a pipeline provenance
+            path = self.root / Path(EXTRA_TABLES[table][0]).with_suffix(".json")
+            if not path.exists():
+                return {}
+            env = json.loads(path.read_text())["environment"]
+            return {"profile": "paper-standin", "scale": "paper", "inputs": {"measured_on": [
+                {"name": f"{env['device']}, torch {env['torch']}, git {env['git_revision'][:7]}"}]}}
         path = self.root / f"{table}.provenance.json"
         return json.loads(path.read_text()) if path.exists() else {}
 
@@ -154,7 +168,11 @@ def evaluate(check: Mapping[str, Any], tables: Tables, paper: bool = False) -> E
         ok = ratio >= spec.get("at_least", -math.inf) and ratio <= spec.get("at_most", math.inf)
         return Evaluation(ok, f"{_fmt(ratio)}x ({_fmt(num)} / {_fmt(den)})", [a, b])
     if kind == "compare":
-        (left, a), (right, b) = tables.value(spec["left"], paper), tables.value(spec["right"], paper)
+        left, a = tables.value(spec["left"], paper)
+        if isinstance(spec["right"], (int, float)):
+            right, b = float(spec["right"]), f"threshold {spec['right']}"
+        else:
+            right, b = tables.value(spec["right"], paper)
         margin = spec.get("margin", 0.0)
         # ``margin`` shifts the bound (e.g. >= with margin -1: at most 1 below); ties within 1e-9 count as met.
         bound = margin if spec["op"] in (">", ">=") else -margin
@@ -237,7 +255,7 @@ def cells_of(check: Mapping[str, Any]) -> list[Mapping[str, Any]]:
         return [c for sub in spec for c in cells_of(sub)]
     if kind == "ordering":
         return list(spec["cells"])
-    return [spec[k] for k in ("numerator", "denominator", "left", "right") if k in spec]
+    return [spec[k] for k in ("numerator", "denominator", "left", "right") if isinstance(spec.get(k), Mapping)]
 
 
 def _checks(check: Mapping[str, Any]) -> list[Mapping[str, Any]]:
@@ -266,8 +284,9 @@ def _conditions(claim: Mapping[str, Any], tables: Tables) -> tuple[str, str]:
         notes.append("scale unknown: no provenance")
     if any("stand-in" in d for d in data):
         notes.append("stand-in data")
-    text = (f"profile {', '.join(sorted(profiles))} ({', '.join(sorted(scales))} scale); data: {'; '.join(sorted(data))}; "
-            f"device: {', '.join(sorted(devices)) or 'unknown'}")
+    text = (f"profile {', '.join(sorted(profiles))} ({', '.join(sorted(scales))} scale); "
+            + (f"data: {'; '.join(sorted(data))}; " if data else "")
+            + f"device: {', '.join(sorted(devices)) or 'unknown'}")
     if claim.get("conditions"):
         text += f"; {claim['conditions']}"
     return text, f" ({', '.join(notes)})" if notes else ""
@@ -361,6 +380,14 @@ def write_ledger(rows: Sequence[Mapping[str, Any]], out_csv: str | Path, record:
     atomic_write_text(out, render_csv(rows, COLUMNS))
 
 
+def declared_tables(specs: Mapping[str, Any]) -> tuple[dict[str, dict[str, str]], dict[str, list[str]]]:
+    """(reference columns, columns) of every table a claim may read: the tasks' declared tables and EXTRA_TABLES."""
+    reference = {name: spec.reference_columns() for name, spec in specs.items()}
+    columns = {name: [c.key for c in spec.columns] for name, spec in specs.items()}
+    columns.update({name: list(cols) for name, (_, cols) in EXTRA_TABLES.items()})
+    return reference, columns
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", default="results", help="directory holding the tables (default: results)")
     parser.add_argument("--out", default="results/claims.csv", help="ledger CSV; .md and provenance beside it")
@@ -371,9 +398,7 @@ def run(args: argparse.Namespace) -> None:
     """``deqbench claims``: evaluate every claim on the tables in ``--results`` and write the ledger."""
     from deqbench.experiments.registry import all_tables
 
-    specs = all_tables()
-    reference = {name: spec.reference_columns() for name, spec in specs.items()}
-    columns = {name: [c.key for c in spec.columns] for name, spec in specs.items()}
+    reference, columns = declared_tables(all_tables())
     claims = load_claims(args.claims)
     validate(claims, reference, columns)
     rows = ledger(Tables(args.results, reference), claims)
