@@ -2,6 +2,8 @@
 # Task: deqbench/tasks/jiio_adversarial (settings, stages, table declarations); params: the jiio_adversarial block.
 # One rule trains every (dataset, method, eps, seed); clean models use eps 0 and are shared by all tables.
 # Resumable partial checkpoints live in data/checkpoints/<profile>/.partial, outside the declared outputs.
+import shlex
+
 from deqbench.tasks.jiio_adversarial import TASK as ADV_TASK
 from deqbench.tasks.jiio_adversarial.settings import METHODS as ADV_METHODS
 
@@ -50,9 +52,17 @@ rule adversarial_prepare:
         DEQBENCH + " jiio_adversarial prepare --dataset {wildcards.dataset:q} --out {output:q} > {log:q} 2>&1"
 
 
+def adv_warm_start(wc):
+    """The clean model an adversarial model fine-tunes (train.warm_start_steps), as an input list."""
+    if ADV.train.warm_start_steps is None or wc.method == "clean":
+        return []
+    return [adv_checkpoint(wc.dataset, "clean", 0, wc.seed)]
+
+
 rule adversarial_train:
     input:
         data=lambda wc: adv_prepared(wc.dataset),
+        init=adv_warm_start,
     output:
         f"data/checkpoints/{P}/{{dataset}}/{{method}}_eps{{eps}}/seed{{seed}}.pt",
     wildcard_constraints:
@@ -63,6 +73,7 @@ rule adversarial_train:
     params:
         settings=lambda wc: PIPE.job_hash("jiio_adversarial", "train", dataset=wc.dataset, method=wc.method),
         partial=lambda wc: f"data/checkpoints/{P}/.partial/{wc.dataset}_{wc.method}_eps{wc.eps}_seed{wc.seed}.pt",
+        init=lambda wc, input: f"--init {shlex.quote(input.init[0])}" if input.init else "",  # quoted
     log:
         f"logs/{P}/train_{{dataset}}_{{method}}_eps{{eps}}_seed{{seed}}.log",
     priority: lambda wc: 0 if wc.method == "clean" else 1  # adversarial training is the long work: start it first
@@ -73,7 +84,7 @@ rule adversarial_train:
     shell:
         DEQBENCH + " jiio_adversarial train --data {input.data:q} --dataset {wildcards.dataset:q} "
         "--method {wildcards.method:q} --eps {wildcards.eps:q} --seed {wildcards.seed:q} --out {output:q} "
-        "--partial {params.partial:q} > {log:q} 2>&1"
+        "--partial {params.partial:q} {params.init} > {log:q} 2>&1"
 
 
 rule adversarial_evaluate:

@@ -55,8 +55,11 @@ def test_job_settings_hold_only_what_the_job_reads(adv):
     other = settings(train={"max_steps": 4, "checkpoint_every": 2, "log_every": 1, "batch_size": 8},
                      eval={"limit": 3, "batch_size": 8}, attack={"pgd": {"steps": 7, "step_size": 0.1}})
     assert other.train("mnist", "clean") == clean  # attack and eval settings do not touch clean training
-    assert other.train("mnist", "pgd") != pgd  # the step size is used in training ...
-    assert other.train("mnist", "pgd").pgd.steps == pgd.pgd.steps  # ... the test-time step count is not
+    assert other.train("mnist", "pgd") == pgd  # training has its own PGD steps and step size (train.attack_pgd_*)
+    own_step = settings(train={"max_steps": 4, "checkpoint_every": 2, "log_every": 1, "batch_size": 8,
+                               "attack_pgd_step_size": None}, attack={"pgd": {"steps": 7, "step_size": 0.1}})
+    assert own_step.train("mnist", "pgd").pgd.step_size == 0.1  # null: the test attack's step is used in training
+    assert own_step.train("mnist", "pgd").pgd.steps == pgd.pgd.steps  # ... but not its step count
     jio_edited = settings(train={"max_steps": 4, "checkpoint_every": 2, "log_every": 1, "batch_size": 8},
                           attack={"jio": {"memory": 5}})
     assert jio_edited.train("mnist", "pgd") == pgd and jio_edited.train("mnist", "jio") != jio  # PGD models are kept
@@ -134,7 +137,9 @@ def test_table_assembly_mean_std_and_reference(adv, tmp_path):
     for seed, acc in enumerate([50.0, 60.0]):
         for method in ("clean", "pgd", "jio"):
             result = {"accuracy": {"clean": acc, "pgd": acc - 10, "jio": acc - 20}, "eps": 1.0, "n_test": 100,
-                      "train": {"dataset": "mnist", "method": method, "seed": seed},
+                      "eps_used": 0.36, "train": {"dataset": "mnist", "method": method, "seed": seed, "steps": 300,
+                                                  "inner_attack": None if method == "clean" else f"{method}-3",
+                                                  "warm_start": None if method == "clean" else "clean.pt"},
                       "data_source": "digits28 (embedded stand-in for mnist)"}
             path = tmp_path / f"{method}_{seed}.json"
             path.write_text(json.dumps(result))
@@ -147,6 +152,50 @@ def test_table_assembly_mean_std_and_reference(adv, tmp_path):
     assert abs(first["accuracy_std"] - 7.0710678) < 1e-6
     assert first["paper_value"] == 99.45  # the reference column, from the paper's Table 5
     assert TABLE5.reference_columns() == {"accuracy_mean": "paper_value", "accuracy_std": "paper_std"}
+    assert first["eps_used"] == 0.36 and "0.36 on digits28" in built.caption_fields["eps_used"]
+    assert first["training"] == "clean: no attack inside, 300 steps"
+    assert built.rows[3]["training"] == "pgd: pgd-3 inside, 300 steps fine-tuning the clean model of the same seed"
+    result["eps_used"] = 0.5  # one evaluation at another radius: refused, naming what differs
+    Path(files[-1]).write_text(json.dumps(result))
+    with pytest.raises(Exception, match="eps_used differs"):
+        TABLE5.build(job, files)
+
+
+def test_eps_scaling_keeps_the_papers_share_of_the_image_norm():
+    from deqbench.data import DATASETS, rms_norm, scaled_eps
+
+    images = torch.full((5, 1, 8, 8), 0.5)
+    assert rms_norm(images) == pytest.approx(0.5 * 8)  # sqrt(64 * 0.25)
+    mnist = DATASETS["mnist"].rms_norm
+    assert mnist == pytest.approx((784 * (0.1307**2 + 0.3081**2)) ** 0.5) and 9.3 < mnist < 9.4
+    assert scaled_eps(1.0, "mnist", mnist / 2) == pytest.approx(0.5)
+    assert scaled_eps(0.7, None, 123.0) == 0.7  # real data keeps the paper's radius
+
+
+def test_stand_in_attacks_use_the_scaled_radius(adv, data):
+    net = adv.evaluate("mnist").net
+    scale = task.input_scale(net, data["meta"])
+    assert scale == pytest.approx(data["meta"]["rms_norm"] / 9.3725, rel=1e-3)
+    torch.manual_seed(0)
+    model = task.build_model(net, 1, 10).eval()
+    images, labels = data["test"]["images"][:8], data["test"]["labels"][:8]
+    delta = task.pgd_perturbation(model, images, labels, net, adv.evaluate("mnist").attack.pgd, 1.0, scale)
+    assert (delta.flatten(1).norm(dim=1) <= scale + 1e-5).all()
+
+
+def test_warm_started_adversarial_training_needs_and_uses_the_clean_model(data, tmp_path):
+    warm = settings(train={"max_steps": 4, "checkpoint_every": 2, "log_every": 1, "batch_size": 8,
+                           "warm_start_steps": 2, "warm_start_lr": 1e-4})
+    job = warm.train("mnist", "pgd")
+    assert job.warm_start_steps == 2 and job.lr == 1e-4 and warm.train("mnist", "clean").warm_start_steps is None
+    with pytest.raises(Exception, match="--init"):
+        task.train(job, data, 1.0, 0, tmp_path / "pgd.pt", tmp_path / "p.pt", CPU, progress=False)
+    task.train(warm.train("mnist", "clean"), data, 0.0, 0, tmp_path / "clean.pt", tmp_path / "pc.pt", CPU,
+               progress=False)
+    summary = task.train(job, data, 1.0, 0, tmp_path / "pgd.pt", tmp_path / "p.pt", CPU, progress=False,
+                         init=tmp_path / "clean.pt")
+    assert summary["steps"] == 2 and summary["warm_start"].endswith("clean.pt")
+    assert summary["inner_attack"] == f"PGD-{job.pgd.steps} (step {job.pgd.step_size:g} x eps)"
 
 
 @pytest.mark.slow

@@ -51,6 +51,8 @@ __all__ = [
     "PATCH_SOURCES",
     "DEFAULT_ROOT_ENV",
     "load_dataset",
+    "rms_norm",
+    "scaled_eps",
     "stand_in_for",
 ]
 
@@ -72,6 +74,10 @@ class DatasetSpec:
     options: Mapping[str, Any] = field(default_factory=dict)  # dataset-specific options and defaults
     splits: tuple[str, ...] = SPLITS
     label: str = ""  # how tables name it (e.g. "CIFAR-10"); defaults to ``name``
+    # Real datasets: the root-mean-square L2 norm of a training image in [0, 1] at its native size, from the
+    # standard per-channel mean m and std s: sqrt(H * W * sum_c (m_c^2 + s_c^2)).  Perturbation radii given for the
+    # real data are rescaled by (stand-in RMS norm / this) on stand-ins (see ``scaled_eps``).
+    rms_norm: float | None = None
 
     def display_name(self) -> str:
         return self.label or self.name
@@ -84,11 +90,14 @@ DATASETS: dict[str, DatasetSpec] = {
             "mnist", load_mnist, (1, 28, 28), 10,
             "MNIST from the raw IDX files <root>/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]; "
             "60000 train / 10000 test", label="MNIST",
+            rms_norm=(28 * 28 * (0.1307**2 + 0.3081**2)) ** 0.5,  # mean 0.1307, std 0.3081: 9.37
         ),
         DatasetSpec(
             "cifar10", load_cifar10, (3, 32, 32), 10,
             "CIFAR-10 from the python pickle batches <root>/cifar-10-batches-py/{data_batch_1..5,test_batch}; "
             "50000 train / 10000 test", label="CIFAR-10",
+            rms_norm=(32 * 32 * sum(m * m + v * v for m, v in ((0.4914, 0.2470), (0.4822, 0.2435), (0.4465, 0.2616))))
+            ** 0.5,  # per-channel means and stds: 29.7
         ),
         DatasetSpec(
             "digits28", load_digits28, (1, 28, 28), 10,
@@ -106,6 +115,27 @@ DATASETS: dict[str, DatasetSpec] = {
         ),
     )
 }
+
+
+def rms_norm(images: "torch.Tensor") -> float:
+    """Root-mean-square L2 norm of a batch of images ``(N, C, H, W)``: ``sqrt(mean_n ||x_n||^2)``."""
+    return float(images.flatten(1).pow(2).sum(1).mean().sqrt())
+
+
+def scaled_eps(eps: float, stand_in_for: str | None, images_rms_norm: float) -> float:
+    """A perturbation radius given for a real dataset, carried over to the images actually used.
+
+    On an embedded stand-in (``stand_in_for`` names the real dataset) the radius is multiplied by the ratio of
+    the stand-in's RMS image norm (at the size it is trained at) to the real dataset's, so an attack takes the same
+    share of an image's norm: JIIO's eps = 1 on MNIST (RMS norm 9.37) becomes 0.36 on 8 px digits (RMS norm 3.38).
+    Real data keeps ``eps``.
+    """
+    if stand_in_for is None:
+        return eps
+    reference = DATASETS[stand_in_for].rms_norm
+    if reference is None:
+        raise ValueError(f"dataset {stand_in_for!r} declares no rms_norm to scale eps by")
+    return eps * images_rms_norm / reference
 
 
 def stand_in_for(real_name: str) -> str:

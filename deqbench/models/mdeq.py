@@ -114,6 +114,7 @@ class MDEQConfig:
     final_channels: int = 200
     weight_norm: bool = True
     dropout: float = 0.0  # variational dropout: only 0 is supported (as in the paper)
+    init_std: float = 0.01  # std of the N(0, std) init of the non-weight-normalised convs (reference: 0.01)
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "num_classes", "expansion", "block_groups", "fuse_groups",
@@ -358,17 +359,18 @@ class MDEQClassifier(nn.Module):
                 apply_weight_norm(conv, dim=0)
 
     def _init_weights(self, exclude: Sequence[nn.Module]) -> None:
-        """Reference MDEQ initialisation: N(0, 0.01) for the weights and biases of every
+        """Reference MDEQ initialisation: N(0, init_std = 0.01) for the weights and biases of every
         convolution that is not weight-normalised (those keep PyTorch's default init,
         as in the reference, whose init pass cannot reach weight-normed convolutions);
         GroupNorm affine = (1, 0) and the final Linear keep PyTorch's defaults."""
         skip = {id(m) for m in exclude}
+        std = self.config.init_std
         with torch.no_grad():
             for m in self.modules():
                 if isinstance(m, nn.Conv2d) and id(m) not in skip:
-                    m.weight.normal_(0.0, 0.01)
+                    m.weight.normal_(0.0, std)
                     if m.bias is not None:
-                        m.bias.normal_(0.0, 0.01)
+                        m.bias.normal_(0.0, std)
 
     # ---------------------------------------------------------------- shapes
 

@@ -28,7 +28,9 @@ TASK = register(Task(
         Stage("train", "train one MDEQ (clean, PGD or JIO adversarial training)",
               lambda s, a: s.train(a.dataset, a.method), task.run_train,
               (DATA, DATASET, Arg("method", help=f"one of {list(METHODS)}"), Arg("eps", float, "L2 radius (0: clean)"),
-               Arg("seed", int), OUT, Arg("partial", help="resumable partial checkpoint (outside declared outputs)"))),
+               Arg("seed", int), OUT, Arg("partial", help="resumable partial checkpoint (outside declared outputs)"),
+               Arg("init", required=False, help="clean checkpoint an adversarial model warm-starts from "
+                                                "(with train.warm_start_steps)"))),
         Stage("evaluate", "clean, PGD and JIO accuracy of one checkpoint at one eps",
               lambda s, a: s.evaluate(a.dataset), task.run_evaluate,
               (DATA, DATASET, Arg("checkpoint"), Arg("eps", float), OUT)),

@@ -30,6 +30,8 @@ class DataParams:
 @dataclass(frozen=True)
 class TrainParams:
     lr: PositiveFloat
+    lr_schedule: Literal["constant", "cosine"]  # cosine: decay to lr_min over the run, per step (reference configs)
+    lr_min: NonNegativeFloat
     batch_size: PositiveInt
     epochs: Mapping[str, PositiveInt]  # per dataset
     max_steps: PositiveInt | None  # cap on optimisation steps (null: full epochs)
@@ -38,7 +40,14 @@ class TrainParams:
     checkpoint_every: PositiveInt
     log_every: PositiveInt
     attack_pgd_steps: PositiveInt | None  # PGD steps inside adversarial training (null: attack.pgd.steps)
+    # PGD step (in units of eps = 1, like attack.pgd.step_size) inside training (null: attack.pgd.step_size); a
+    # 3-step attack with the test attack's step 0.2 travels at most 0.6 eps, so shorter attacks need longer steps.
+    attack_pgd_step_size: PositiveFloat | None
     attack_jio_iterations: PositiveInt | None  # JIO iterations inside training (null: attack.jio.iterations)
+    # Adversarial training fine-tunes the clean model of the same dataset and seed for this many steps (null:
+    # adversarial models train from scratch for the same epochs as clean ones, as in the paper).
+    warm_start_steps: PositiveInt | None
+    warm_start_lr: PositiveFloat | None  # peak LR of that fine-tuning (null: lr)
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,9 @@ class AdversarialParams:
     """JIIO paper section 4.3 and appendix B.2: adversarial training of MDEQ classifiers (Tables 2, 5, 8)."""
 
     datasets: Mapping[str, DataParams]
+    # rms_norm: on an embedded stand-in every eps is scaled by (stand-in RMS image norm / real dataset's), so
+    # attacks take the paper's share of an image (deqbench.data.scaled_eps); none: eps as given.
+    eps_scaling: Literal["none", "rms_norm"]
     model: Mapping[str, MDEQParams]  # per dataset
     solver: SolverParams
     train: TrainParams
@@ -105,13 +117,14 @@ class AdversarialParams:
 
 @dataclass(frozen=True)
 class Network:
-    """Everything needed to build one dataset's MDEQ and solve it, and where."""
+    """Everything needed to build one dataset's MDEQ and solve it, and where; and how eps is carried over to it."""
 
     dataset: str
     model: MDEQParams
     solver: SolverParams
     cuda_graph: str
     device: str
+    eps_scaling: str
 
 
 @dataclass(frozen=True)
@@ -145,6 +158,8 @@ class TrainJob:
     net: Network
     method: Literal["clean", "pgd", "jio"]
     lr: float
+    lr_schedule: Literal["constant", "cosine"]
+    lr_min: float
     batch_size: int
     epochs: int
     max_steps: int | None
@@ -154,6 +169,7 @@ class TrainJob:
     log_every: int
     pgd: PGDParams | None  # PGD inside PGD training (the cheaper train.attack_pgd_steps); None otherwise
     jio: JIOAttack | None  # JIO inside JIO training (train.attack_jio_iterations); None otherwise
+    warm_start_steps: int | None  # adversarial methods: fine-tune the clean model for this many steps
 
 
 @dataclass(frozen=True)
@@ -189,15 +205,15 @@ class AdversarialSettings:
 
     def network(self, dataset: str) -> Network:
         return Network(dataset, self.params.model[dataset], self.params.solver, self.info.cuda_graph,
-                       self.info.device)
+                       self.info.device, self.params.eps_scaling)
 
     def attack(self, dataset: str, training: bool = False) -> Attack:
         """PGD / JIO settings on ``dataset``; ``training``: with the ``train.attack_*`` step counts."""
         a, t = self.params.attack, self.params.train
         pgd = a.pgd
         iterations = a.jio.iterations
-        if training and t.attack_pgd_steps is not None:
-            pgd = PGDParams(t.attack_pgd_steps, pgd.step_size, pgd.norm)
+        if training and (t.attack_pgd_steps is not None or t.attack_pgd_step_size is not None):
+            pgd = PGDParams(t.attack_pgd_steps or pgd.steps, t.attack_pgd_step_size or pgd.step_size, pgd.norm)
         if training and t.attack_jio_iterations is not None:
             iterations = t.attack_jio_iterations
         late = a.jio.alpha_x_late[dataset]
@@ -216,9 +232,12 @@ class AdversarialSettings:
             raise ConfigError(f"unknown training method {method!r}; known: {list(METHODS)}")
         t = self.params.train
         attack = self.attack(dataset, training=True)
-        return TrainJob(self.network(dataset), method, t.lr, t.batch_size, t.epochs[dataset], t.max_steps, t.jac_reg,
-                        t.jac_probes, t.checkpoint_every, t.log_every, attack.pgd if method == "pgd" else None,
-                        attack.jio if method == "jio" else None)
+        warm = method != "clean" and t.warm_start_steps is not None
+        lr = t.warm_start_lr if warm and t.warm_start_lr is not None else t.lr
+        return TrainJob(self.network(dataset), method, lr, t.lr_schedule, t.lr_min, t.batch_size, t.epochs[dataset],
+                        t.max_steps, t.jac_reg, t.jac_probes, t.checkpoint_every, t.log_every,
+                        attack.pgd if method == "pgd" else None, attack.jio if method == "jio" else None,
+                        t.warm_start_steps if warm else None)
 
     def evaluate(self, dataset: str) -> EvaluateJob:
         self._check_dataset(dataset, "--dataset")

@@ -44,7 +44,8 @@ def _settings(table: str):
 
 
 ROBUSTNESS_COLUMNS = (
-    Column("dataset"), Column("eps", "eps (L2)"), Column("train_method", "train"), Column("test_method", "test"),
+    Column("dataset"), Column("eps", "eps (L2)"), Column("eps_used", "eps used on this data (L2)"),
+    Column("train_method", "train"), Column("training", "how it was trained"), Column("test_method", "test"),
     Column("accuracy_mean", "accuracy", "%"), Column("accuracy_std", "std over seeds", "%"),
     Column("n_seeds", "seeds"), Column("n_test", "test images"),
     Column("paper_value", "accuracy", "%", reference_for="accuracy_mean"),
@@ -59,12 +60,16 @@ def _robustness_builder(reference: dict[str, Any]):
         cells: dict[tuple[str, str, str], list[float]] = {}
         sources: dict[str, str] = {}
         n_test: dict[str, int] = {}
+        eps_used: dict[str, set[float]] = {}
+        recipes: dict[tuple[str, str], set[str]] = {}
         results = read_results(files)
         for r in results:
             train = r["train"]
             if abs(r["eps"] - job.eps) > 1e-12:
                 raise ConfigError(f"{r['_file']}: evaluated at eps={r['eps']}, but {job.table} uses eps={job.eps}")
             sources[train["dataset"]], n_test[train["dataset"]] = r["data_source"], r["n_test"]
+            eps_used.setdefault(train["dataset"], set()).add(round(r.get("eps_used", r["eps"]), 6))
+            recipes.setdefault((train["dataset"], train["method"]), set()).add(training_recipe(train))
             for test_method, acc in r["accuracy"].items():
                 cells.setdefault((train["dataset"], train["method"], test_method), []).append(acc)
         rows = []
@@ -76,24 +81,45 @@ def _robustness_builder(reference: dict[str, Any]):
                         raise ConfigError(f"{job.table}: no evaluation for dataset={dataset} train={train_method} "
                                           f"test={test_method}")
                     paper = reference.get(dataset, {}).get(train_method, {}).get(test_method)
-                    rows.append({"dataset": dataset_label(dataset), "eps": job.eps, "train_method": train_method,
+                    rows.append({"dataset": dataset_label(dataset), "eps": job.eps,
+                                 "eps_used": _one(eps_used[dataset], f"{job.table} {dataset}: eps_used"),
+                                 "train_method": train_method,
+                                 "training": _one(recipes[(dataset, train_method)], f"{job.table} {dataset} "
+                                                  f"{train_method}: training recipe"),
                                  "test_method": test_method, "accuracy_mean": statistics.fmean(values),
                                  "accuracy_std": statistics.stdev(values) if len(values) > 1 else float("nan"),
                                  "n_seeds": len(values), "n_test": n_test[dataset],
                                  "paper_value": paper[0] if paper else None, "paper_std": paper[1] if paper else None,
                                  "profile": job.profile, "data_source": sources[dataset]})
         seeds = sorted({r["train"]["seed"] for r in results})
-        return TableRows(rows, {"eps": job.eps, "seeds": seeds, "profile": job.profile},
+        used = ", ".join(f"{_one(eps_used[d], d):.3g} on {sources[d]}" for d in job.datasets)
+        return TableRows(rows, {"eps": job.eps, "seeds": seeds, "profile": job.profile, "eps_used": used},
                          {"seeds": seeds, "eval_files": sorted(files), "measured_on": measured_on(results)})
 
     return build
+
+
+def training_recipe(train: dict[str, Any]) -> str:
+    """How a model was trained, for the table: inner attack, steps, warm start (from its training summary)."""
+    inner = train.get("inner_attack") or "no attack"
+    text = f"{train['method']}: {inner} inside, {train.get('steps', '?')} steps"
+    if train.get("warm_start"):
+        text += " fine-tuning the clean model of the same seed"
+    return text
+
+
+def _one(values: set[Any], what: str) -> Any:
+    if len(values) != 1:
+        raise ConfigError(f"{what} differs between the evaluations read: {sorted(values)}")
+    return next(iter(values))
 
 
 def _robustness_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {f"{r['dataset']}/{r['train_method']}-trained/{r['test_method']}": r["accuracy_mean"] for r in rows}
 
 
-ROBUSTNESS_CAPTION = ("Accuracy (%) of MDEQ classifiers under L2 attacks of radius {eps:g}: rows are the training "
+ROBUSTNESS_CAPTION = ("Accuracy (%) of MDEQ classifiers under L2 attacks of radius {eps:g} (radius actually used: "
+                      "{eps_used}; on stand-ins eps is scaled by the ratio of RMS image norms): rows are the training "
                       "method (clean, PGD or JIO adversarial training), columns the attack at test time (none, PGD, "
                       "JIO); mean and sample std over seeds {seeds}; profile `{profile}`.")
 

@@ -23,7 +23,7 @@ from deqbench.core.deq import fixed_point
 from deqbench.core.jacobian import hutchinson_jacobian_loss
 from deqbench.core.norms import reset_norms
 from deqbench.core.state import flat_map, spec_of
-from deqbench.data import load_dataset
+from deqbench.data import load_dataset, rms_norm, scaled_eps
 from deqbench.experiments.config import ConfigError
 from deqbench.experiments.io import atomic_torch_save, atomic_write_json, load_artifact
 from deqbench.experiments.registry import Job
@@ -53,7 +53,17 @@ def prepare_dataset(job: PrepareJob) -> dict[str, Any]:
         splits[split] = {"images": images.contiguous(), "labels": data.labels.clone()}
         meta = {"name": data.name, "source": data.source, "stand_in_for": data.stand_in_for,
                 "num_classes": data.num_classes}
+    meta["rms_norm"] = rms_norm(splits["train"]["images"])  # at the training size: what eps scaling compares
     return {"dataset": job.dataset, "image_size": size, "meta": meta, **splits}
+
+
+def input_scale(net: Network, meta: dict[str, Any]) -> float:
+    """The factor that carries the paper's input-space lengths over to this data: eps, the PGD step and JIO's
+    alpha_x all scale with it (1 on real data; on stand-ins with ``eps_scaling: rms_norm`` the ratio of RMS image
+    norms, see :func:`deqbench.data.scaled_eps`), so an attack keeps the paper's step-to-radius proportions."""
+    if net.eps_scaling == "none":
+        return 1.0
+    return scaled_eps(1.0, meta.get("stand_in_for"), meta["rms_norm"])
 
 
 def build_model(net: Network, in_channels: int, num_classes: int) -> MDEQClassifier:
@@ -88,45 +98,50 @@ def equilibrium(model: MDEQClassifier, images: Tensor, net: Network, stats: dict
 
 
 def pgd_perturbation(model: MDEQClassifier, images: Tensor, labels: Tensor, net: Network, attack: PGDParams,
-                     eps: float) -> Tensor:
-    """PGD on the L2 (or Linf) ball: every step a full MDEQ solve plus implicit backward."""
+                     eps: float, scale: float = 1.0) -> Tensor:
+    """PGD on the L2 (or Linf) ball of radius ``scale * eps`` with steps ``scale * step_size``: every step a full
+    MDEQ solve plus implicit backward."""
     result = pgd(model.layer_fn(images), model.cost_fn(labels), model.z0(images), torch.zeros_like(images),
-                 steps=attack.steps, step_size=attack.step_size, projection=attack.norm, eps=eps,
+                 steps=attack.steps, step_size=scale * attack.step_size, projection=attack.norm, eps=scale * eps,
                  normalized_step=True, forward=net.solver.forward_kwargs(net.cuda_graph),
                  backward_options=net.solver.backward_options(net.cuda_graph))
     return result.x.detach()
 
 
 def jio_attack(model: MDEQClassifier, images: Tensor, labels: Tensor, net: Network, attack: JIOAttack, eps: float,
-               jac_reg: int = 0) -> JIIOResult:
-    """JIIO on the augmented (z, mu, delta) system with the inner cost -CE (eq. 26); ``jac_reg``: Hutchinson
-    probes of the Jacobian regulariser at a random trajectory iterate (0: none)."""
+               jac_reg: int = 0, scale: float = 1.0) -> JIIOResult:
+    """JIIO on the augmented (z, mu, delta) system with the inner cost -CE (eq. 26) in the L2 ball of radius
+    ``scale * eps``, with input steps alpha_x scaled alike; ``jac_reg``: Hutchinson probes of the Jacobian
+    regulariser at a random trajectory iterate (0: none)."""
     options: dict[str, Any] = {}
     if attack.alpha_x_late is not None:
-        options.update(alpha_x_late=attack.alpha_x_late, alpha_x_switch=attack.alpha_x_switch)
+        options.update(alpha_x_late=scale * attack.alpha_x_late, alpha_x_switch=attack.alpha_x_switch)
+    a_z, a_mu, a_x = attack.alpha
     if jac_reg:
         options.update(jac_reg="trajectory", jac_reg_probes=jac_reg)
     return jiio(model.layer_fn(images), model.cost_fn(labels), model.z0(images), torch.zeros_like(images),
-                max_iter=attack.iterations, alpha=attack.alpha, method="anderson",
-                solver_options={"m": attack.memory, "kind": attack.anderson_kind}, projection="l2", eps=eps,
+                max_iter=attack.iterations, alpha=(a_z, a_mu, scale * a_x), method="anderson",
+                solver_options={"m": attack.memory, "kind": attack.anderson_kind}, projection="l2", eps=scale * eps,
                 normalized_step=True, selection=attack.selection, backward="mu", cuda_graph=net.cuda_graph, **options)
 
 
 # ----------------------------------------------------------------------------- training
 
 
-def training_step(model: MDEQClassifier, images: Tensor, labels: Tensor, job: TrainJob, eps: float) -> StepOutput:
+def training_step(model: MDEQClassifier, images: Tensor, labels: Tensor, job: TrainJob, eps: float,
+                  scale: float = 1.0) -> StepOutput:
     """Loss of one step of clean, PGD or JIO adversarial training (eq. 26), with Jacobian regularisation."""
     reset_norms(model)
     lam = job.jac_reg
     if job.method == "jio":
-        result = jio_attack(model, images, labels, job.net, job.jio, eps, jac_reg=job.jac_probes if lam > 0 else 0)
+        result = jio_attack(model, images, labels, job.net, job.jio, eps, jac_reg=job.jac_probes if lam > 0 else 0,
+                            scale=scale)
         ce = F.cross_entropy(model.logits(result.z), labels)
         loss = ce + lam * result.jac_loss if result.jac_loss is not None else ce
         return StepOutput(loss, {"ce": ce.detach(), "residual": result.residual.mean()}, result.residual)
     if job.method == "pgd":
         with torch.enable_grad():
-            images = images + pgd_perturbation(model, images, labels, job.net, job.pgd, eps)
+            images = images + pgd_perturbation(model, images, labels, job.net, job.pgd, eps, scale)
     stats: dict[str, Any] = {}
     z, layer = equilibrium(model, images, job.net, stats)
     ce = F.cross_entropy(model.logits(z), labels)
@@ -139,27 +154,39 @@ def training_step(model: MDEQClassifier, images: Tensor, labels: Tensor, job: Tr
 
 
 def train(job: TrainJob, data: dict[str, Any], eps: float, seed: int, out: str | Path, partial: str | Path,
-          device: torch.device, progress: bool = True) -> dict[str, Any]:
-    """Train one model; resumable from ``partial``; the final checkpoint is written atomically."""
+          device: torch.device, progress: bool = True, init: str | Path | None = None) -> dict[str, Any]:
+    """Train one model; resumable from ``partial``; the final checkpoint is written atomically.  With
+    ``warm_start_steps``, an adversarial model starts from the clean model ``init`` and trains that many steps."""
     seed_everything(seed)
     images_all, labels_all = data["train"]["images"], data["train"]["labels"]
     in_channels, num_classes = images_all.shape[1], data["meta"]["num_classes"]
     model = build_model(job.net, in_channels, num_classes).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=job.lr)
     batches = EpochBatches(len(labels_all), job.batch_size, seed)
     steps = batches.steps_per_epoch * job.epochs
     if job.max_steps is not None:
         steps = min(steps, job.max_steps)
+    if job.warm_start_steps is not None:
+        if init is None:
+            raise ConfigError(f"{job.method} training warm-starts from the clean model (train.warm_start_steps): "
+                              f"pass --init with the clean checkpoint")
+        model.load_state_dict(load_model(job.net, init, device)[0].state_dict())
+        steps = job.warm_start_steps
+    optimizer = torch.optim.Adam(model.parameters(), lr=job.lr)
+    scale = input_scale(job.net, data["meta"])
 
     def step_fn(step: int) -> StepOutput:
         idx = batches(step).indices
-        return training_step(model, images_all[idx].to(device), labels_all[idx].to(device), job, eps)
+        return training_step(model, images_all[idx].to(device), labels_all[idx].to(device), job, eps, scale)
 
     key = f"{job.net.dataset}_{job.method}_eps{eps:g}_seed{seed}"
-    loop = LoopSettings(steps, job.checkpoint_every, job.log_every, job.lr)
-    summary = {"dataset": job.net.dataset, "method": job.method, "eps": eps, "seed": seed,
+    loop = LoopSettings(steps, job.checkpoint_every, job.log_every, job.lr, job.lr_schedule, job.lr_min)
+    summary = {"dataset": job.net.dataset, "method": job.method, "eps": eps, "eps_used": scale * eps, "seed": seed,
                "data_source": data_source_label(data["meta"]), "model": model.describe(),
-               "num_parameters": model.num_parameters(), "epochs": batches.epochs(steps)}
+               "num_parameters": model.num_parameters(), "epochs": batches.epochs(steps),
+               "warm_start": str(init) if job.warm_start_steps is not None else None, "steps": steps,
+               "inner_attack": (f"PGD-{job.pgd.steps} (step {job.pgd.step_size:g} x eps)" if job.pgd is not None else
+                                f"JIO-{job.jio.iterations}" if job.jio is not None else None),
+               "lr": job.lr, "lr_schedule": job.lr_schedule}
     meta = {"in_channels": in_channels, "num_classes": num_classes, "model_settings": to_plain(job.net.model)}
     return fit(key=key, model=model, optimizer=optimizer, step_fn=step_fn, loop=loop, out_path=out,
                partial_path=partial, settings_hash=settings_hash(job), device=device, summary=summary,
@@ -189,16 +216,17 @@ def evaluate(job: EvaluateJob, checkpoint: str | Path, data: dict[str, Any], eps
     correct = {m: torch.zeros((), device=device) for m in ("clean", "pgd", "jio")}
     max_norm = torch.zeros((), device=device)
     seed_everything(0)
+    scale = input_scale(job.net, data["meta"])
     batch = job.eval.batch_size
     for start in tqdm(range(0, len(labels_all), batch), desc=f"eval {Path(checkpoint).stem} eps={eps:g}",
                       disable=not progress):
         images = images_all[start : start + batch].to(device)
         labels = labels_all[start : start + batch].to(device)
         correct["clean"] += _correct(model, images, labels, job.net)
-        delta = pgd_perturbation(model, images, labels, job.net, job.attack.pgd, eps)
+        delta = pgd_perturbation(model, images, labels, job.net, job.attack.pgd, eps, scale)
         correct["pgd"] += _correct(model, images + delta, labels, job.net)
         with torch.no_grad():
-            jio_delta = jio_attack(model, images, labels, job.net, job.attack.jio, eps).x
+            jio_delta = jio_attack(model, images, labels, job.net, job.attack.jio, eps, scale=scale).x
         correct["jio"] += _correct(model, images + jio_delta, labels, job.net)
         norms = torch.stack([delta.flatten(1).norm(dim=1).max(), jio_delta.flatten(1).norm(dim=1).max()])
         max_norm = torch.maximum(max_norm, norms.max())
@@ -206,7 +234,7 @@ def evaluate(job: EvaluateJob, checkpoint: str | Path, data: dict[str, Any], eps
     accuracy = {k: 100.0 * float(v) / n for k, v in correct.items()}
     if not all(math.isfinite(a) for a in accuracy.values()):
         raise DivergenceError(f"{checkpoint}: non-finite accuracy {accuracy}")
-    return {"accuracy": accuracy, "n_test": n, "eps": eps, "max_perturbation_norm": float(max_norm),
+    return {"accuracy": accuracy, "n_test": n, "eps": eps, "eps_used": scale * eps, "max_perturbation_norm": float(max_norm),
             "train": state["summary"], "data_source": data_source_label(data["meta"])}
 
 
@@ -223,17 +251,17 @@ def time_attacks(job: TimingJob, data: dict[str, Any], device: torch.device, pro
     images_all, labels_all = data["test"]["images"], data["test"]["labels"]
     model = build_model(job.net, images_all.shape[1], data["meta"]["num_classes"]).to(device).eval()
     reset_norms(model)
-    eps, cfg = job.timing.eps, job.timing
+    eps, scale, cfg = job.timing.eps, input_scale(job.net, data["meta"]), job.timing
     rows = []
     for batch in cfg.batch_sizes:
         images, labels = images_all[:batch].to(device), labels_all[:batch].to(device)
 
         def run_pgd() -> None:
-            pgd_perturbation(model, images, labels, job.net, job.attack.pgd, eps)
+            pgd_perturbation(model, images, labels, job.net, job.attack.pgd, eps, scale)
 
         def run_jio() -> None:
             with torch.no_grad():
-                jio_attack(model, images, labels, job.net, job.attack.jio, eps)
+                jio_attack(model, images, labels, job.net, job.attack.jio, eps, scale=scale)
 
         samples: dict[str, list[float]] = {"pgd": [], "jio": []}
         for _ in range(cfg.warmup):
@@ -248,7 +276,7 @@ def time_attacks(job: TimingJob, data: dict[str, Any], device: torch.device, pro
                 samples[name].append(time.perf_counter() - t0)
         med = {k: float(np.median(v)) for k, v in samples.items()}
         for name, iterations in (("pgd", job.attack.pgd.steps), ("jio", job.attack.jio.iterations)):
-            rows.append({"method": name, "iterations": iterations, "batch_size": len(labels),
+            rows.append({"method": name, "iterations": iterations, "batch_size": len(labels), "eps_used": scale * eps,
                          "ms_per_call": 1e3 * med[name], "ms_per_example": 1e3 * med[name] / len(labels),
                          "repeats": cfg.repeats, "samples_ms": [1e3 * s for s in samples[name]],
                          "pgd_over_jio": med["pgd"] / med["jio"]})
@@ -268,7 +296,8 @@ def run_prepare(job: Job) -> None:
 
 def run_train(job: Job) -> None:
     a = job.args
-    summary = train(job.settings, load_artifact(a.data), a.eps, a.seed, a.out, a.partial, job.device, job.progress)
+    summary = train(job.settings, load_artifact(a.data), a.eps, a.seed, a.out, a.partial, job.device, job.progress,
+                    a.init)
     print(f"trained {summary['key']}: {summary['steps']} steps in {summary['train_seconds']:.1f} s")
 
 
