@@ -103,7 +103,7 @@ def _cell_row(wc):
 rule generative_cell:
     input:
         data=GDATA,
-        checkpoint=lambda wc: gen_checkpoint(*_cell_row(wc).checkpoint(wc.problem)),
+        checkpoint=lambda wc: [gen_checkpoint(*c)] if (c := _cell_row(wc).checkpoint(wc.problem)) else [],
         density=lambda wc: [f"{GDIR}/density/{_cell_row(wc).model}.pt"] if _cell_row(wc).sampling == "density" else [],
         # FID weights (data/weights/README.md): adding the file reruns the Table 1 jobs.
         weights=lambda wc: ["data/weights"] if wc.gtable == "table1" and Path("data/weights").is_dir() else [],
@@ -116,6 +116,7 @@ rule generative_cell:
     params:
         settings=lambda wc: PIPE.job_hash("jiio_generative", "cell", table=wc.gtable, row=wc.row, problem=wc.problem),
         density=lambda wc, input: f"--density {shlex.quote(input.density[0])}" if input.density else "",  # quoted
+        checkpoint=lambda wc, input: f"--checkpoint {shlex.quote(input.checkpoint[0])}" if input.checkpoint else "",
     log:
         f"logs/{P}/{{gtable}}_{{row}}_{{problem}}.log",
     threads: JOB_THREADS
@@ -123,7 +124,7 @@ rule generative_cell:
         gpu=GPU,
     shell:
         DEQBENCH + " jiio_generative cell --data {input.data:q} --table {wildcards.gtable:q} --row {wildcards.row:q} "
-        "--problem {wildcards.problem:q} --checkpoint {input.checkpoint:q} {params.density} --out {output:q} "
+        "--problem {wildcards.problem:q} {params.checkpoint} {params.density} --out {output:q} "
         "> {log:q} 2>&1"
 
 

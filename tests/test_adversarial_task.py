@@ -212,3 +212,34 @@ def test_pgd_attack_lowers_accuracy_of_a_trained_model(tmp_path):
     assert acc["pgd"] < acc["clean"] - 20.0
     assert acc["jio"] < acc["clean"]
     assert result["max_perturbation_norm"] <= 1.0 + 1e-5
+
+
+def test_table2_times_both_methods_at_equal_engineering_with_their_counts(adv, data):
+    import dataclasses
+
+    job = adv.timing()
+    job = dataclasses.replace(job, timing=dataclasses.replace(job.timing, batch_sizes=(2,), repeats=1, warmup=0))
+    rows = task.time_attacks(job, data, CPU, progress=False)
+    assert [(r["method"], r["engineering"]) for r in rows] == [("pgd", "eager"), ("jio", "eager")]  # no CUDA here
+    pgd, jio = rows
+    steps, fwd, bwd = job.attack.pgd.steps, job.net.solver.forward.max_iter, job.net.solver.backward.max_iter
+    assert (pgd["f_evals"], pgd["vjps"], pgd["injections"]) == (steps * (fwd + 1), steps * (bwd + 1), 2 * steps)
+    assert (jio["f_evals"], jio["vjps"]) == (job.attack.jio.iterations,) * 2
+    assert pgd["pgd_over_jio"] == jio["pgd_over_jio"] > 0
+
+
+def test_attacks_compute_the_stem_injection_as_counted(adv, data):
+    """PGD computes the injection once per solve (plus once with grad to attach z*), JIIO once per iteration."""
+    job = adv.timing()
+    torch.manual_seed(0)
+    model = task.build_model(job.net, 1, 10).eval()
+    calls = {"n": 0}
+    model.stem.register_forward_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+    images, labels = data["test"]["images"][:4], data["test"]["labels"][:4]
+    counts = task.nominal_counts(job)
+    task.pgd_perturbation(model, images, labels, job.net, job.attack.pgd, 1.0)
+    assert calls["n"] == counts["pgd"]["injections"]
+    calls["n"] = 0
+    with torch.no_grad():
+        task.jio_attack(model, images, labels, job.net, job.attack.jio, 1.0)
+    assert calls["n"] == counts["jio"]["injections"]

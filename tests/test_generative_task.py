@@ -138,6 +138,8 @@ def test_jiio_training_step_and_table4_cell(gen, faces, tmp_path):
                               faces, CPU, progress=False)
     assert cell["n_images"] == gen.params.eval.limit
     assert cell["median_psnr_01"] > cell["reference_batch_psnr"]["median"]  # [0,1] range: ~6 dB higher
+    examples = cell.pop("examples")  # for the PNG grid, written beside the JSON by the stage
+    assert examples["observed"].shape == examples["recovered"].shape == examples["target"].shape
     json.dumps(cell)
 
 
@@ -178,3 +180,25 @@ def test_flip_augmentation_differs_between_batches_of_an_epoch(faces, tmp_path, 
 
     first, second = flip_pattern(seen[0]), flip_pattern(seen[1])
     assert 5 < sum(first) < 35 and first != second
+
+
+def test_trivial_answer_rows_need_no_model_and_match_direct_psnr(gen, faces):
+    """Table 4's reference rows: the observation returned unchanged and the mean training image, scored exactly like
+    the models (and the inpainting composite that keeps the observed pixels)."""
+    from deqbench.data.inverse import corrupt
+    from deqbench.metrics import median_psnr
+
+    job = cell_job(gen, "table4", "ref_corrupted_input", "denoise0.2")
+    assert job.arch is None and job.method.kind == "corrupted_input"
+    cell = task.evaluate_cell(job, None, None, faces, CPU, progress=False)
+    clean = methods.to_model_range(task.test_images(faces, job.limit), CPU)
+    noise = torch.Generator().manual_seed(job.corruption_seed)
+    observed, _ = corrupt(job.problem.inverse_problem(), clean, noise)  # one batch: the same draws as the cell
+    assert job.batch_size >= clean.shape[0]
+    assert cell["median_psnr_01"] == pytest.approx(median_psnr(observed, clean))
+    assert cell["train"]["seed"] is None and "composite" not in cell
+    mean = task.evaluate_cell(cell_job(gen, "table4", "ref_mean_image", "inpaint20"), None, None, faces, CPU,
+                              progress=False)
+    assert mean["composite"]["median_psnr_01"] > mean["median_psnr_01"]  # the observed pixels are exact
+    with pytest.raises(ConfigError, match="needs --checkpoint"):
+        task.evaluate_cell(cell_job(gen, "table4", "unsup_jiio40", "inpaint20"), None, None, faces, CPU, False)

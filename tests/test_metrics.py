@@ -264,3 +264,18 @@ def test_fid_grows_with_noise(fid_values: dict[str, FIDResult]) -> None:
     assert 0 <= small < large
     # Guards against degenerate (near-constant) random features, for which every FID would be ~0.
     assert large > 1000 * abs(fid_values["same"].value) and large > 0.1
+
+
+def test_sliced_wasserstein_is_zero_for_identical_sets_and_grows_with_noise():
+    from deqbench.metrics import sliced_wasserstein
+
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(64, 1, 8, 8, generator=gen) * 2 - 1
+    assert sliced_wasserstein(images, images).value == 0.0
+    assert sliced_wasserstein(images, images[torch.randperm(64, generator=gen)]).value < 1e-12  # order-free
+    noise = torch.randn(64, 1, 8, 8, generator=gen)
+    values = [sliced_wasserstein(images, images + s * noise).value for s in (0.1, 0.3, 1.0)]
+    assert 0 < values[0] < values[1] < values[2]
+    assert sliced_wasserstein(images, images + 0.5).value > 0  # a constant brightness shift is seen too
+    with pytest.raises(ValueError, match="image shapes differ"):
+        sliced_wasserstein(images, images[:, :, :4])

@@ -34,9 +34,12 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 from ._common import DEFAULT_ROOT_ENV, DatasetNotFoundError, LabeledImages, resolve_root
 from .embedded import PATCH_SOURCES, load_digits28, load_sample_patches32

@@ -1,5 +1,7 @@
-"""Metrics: PSNR (both conventions of JIIO Table 4), FID (Table 1) and the post-hoc latent density (section 4.1)."""
+"""Metrics: PSNR (both conventions of JIIO Table 4), FID (Table 1), an offline sliced Wasserstein distance and the
+post-hoc latent density (section 4.1)."""
 
+from deqbench.metrics.distance import SlicedWasserstein, sliced_wasserstein
 from deqbench.metrics.fid import (
     FID_WEIGHTS_SHA256,
     FIDResult,
@@ -14,6 +16,7 @@ from deqbench.metrics.psnr import median_psnr, psnr_per_image, reference_batch_p
 __all__ = [
     "FID_WEIGHTS_SHA256",
     "FIDResult",
+    "SlicedWasserstein",
     "UInt8ImageDataset",
     "compute_fid",
     "fid_weights_status",
@@ -21,5 +24,6 @@ __all__ = [
     "psnr_per_image",
     "reference_batch_psnr",
     "save_image_folder",
+    "sliced_wasserstein",
     "to_uint8_rgb",
 ]

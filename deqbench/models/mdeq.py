@@ -156,6 +156,22 @@ class MDEQConfig:
 # ----------------------------------------------------------------------------- building blocks
 
 
+def injection_cached(inject: Callable[[Tensor], Any], layer: Callable[[Any, Any], Any]) -> Callable[[Any, Tensor], Any]:
+    """f(z, x) = layer(z, inject(x)) that recomputes ``inject(x)`` only when ``x`` changes (another tensor, an
+    in-place update, or another grad mode): a forward solve at fixed x computes it once, as a plain DEQ does, while
+    JIIO, whose x moves every iteration, recomputes it every call.  The cache holds x itself, so its ``id`` cannot be
+    reused by a new tensor while it is cached."""
+    cache: dict[str, Any] = {}
+
+    def f(z: Any, x: Tensor) -> Any:
+        key = (x._version, torch.is_grad_enabled())
+        if cache.get("x") is not x or cache.get("key") != key:
+            cache.update(x=x, key=key, injection=inject(x))
+        return layer(z, cache["injection"])
+
+    return f
+
+
 def _conv3x3(cin: int, cout: int, stride: int = 1, bias: bool = False) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=bias)
 
@@ -410,8 +426,9 @@ class MDEQClassifier(nn.Module):
         return self.head(z)
 
     def layer_fn(self, images: Tensor) -> Callable[[tuple[Tensor, ...], Tensor], tuple[Tensor, ...]]:
-        """f(z, delta) = layer(z, inject(images + delta)), for input optimisation of delta."""
-        return lambda z, delta: self.layer(z, self.inject(images + delta))
+        """f(z, delta) = layer(z, inject(images + delta)), for input optimisation of delta; the injection is computed
+        once per distinct delta (:func:`injection_cached`), so a solve at fixed delta does not redo the stem."""
+        return injection_cached(lambda delta: self.inject(images + delta), self.layer)
 
     def cost_fn(self, labels: Tensor) -> Callable[[Sequence[Tensor]], Tensor]:
         """Per-sample inner cost -CE(logits(z), labels), shape (B,) (JIIO eq. 26)."""

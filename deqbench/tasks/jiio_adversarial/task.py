@@ -8,6 +8,8 @@ jiio_adversarial STAGE``): ``prepare`` a dataset, ``train`` one model, ``evaluat
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import time
 from pathlib import Path
@@ -241,8 +243,29 @@ def evaluate(job: EvaluateJob, checkpoint: str | Path, data: dict[str, Any], eps
 # ----------------------------------------------------------------------------- timing (Table 2)
 
 
+def engineering_levels(net: Network, device: torch.device) -> dict[str, str]:
+    """The engineering levels Table 2 times both methods at: eager everywhere, and CUDA-graphed replay
+    (the profile's ``cuda_graph`` mode) where CUDA is present."""
+    levels = {"eager": "off"}
+    if device.type == "cuda" and net.cuda_graph != "off":
+        levels["graphed"] = net.cuda_graph
+    return levels
+
+
+def nominal_counts(job: TimingJob) -> dict[str, dict[str, int]]:
+    """f evaluations and VJPs per adversarial example set, from the settings: every PGD step runs a forward solve
+    (its iterations plus the f that attaches z* to the graph) and an implicit backward (its iterations plus the
+    VJP of the loss through that f); every JIIO iteration evaluates f and one VJP of (f, cost) (eq. 11).  Both
+    compute the stem injection once per distinct input (:func:`deqbench.models.mdeq.injection_cached`)."""
+    steps, fwd, bwd = job.attack.pgd.steps, job.net.solver.forward.max_iter, job.net.solver.backward.max_iter
+    iterations = job.attack.jio.iterations
+    return {"pgd": {"f_evals": steps * (fwd + 1), "vjps": steps * (bwd + 1), "injections": 2 * steps},
+            "jio": {"f_evals": iterations, "vjps": iterations, "injections": iterations}}
+
+
 def time_attacks(job: TimingJob, data: dict[str, Any], device: torch.device, progress: bool = True) -> list[dict[str, Any]]:
-    """ms per example to compute one adversarial example with PGD and with JIO, timed side by side.
+    """ms per example to compute one adversarial example with PGD and with JIO, timed side by side at each
+    engineering level (:func:`engineering_levels`), with the f / VJP counts of each method.
 
     The model is freshly initialised (seed 0): both attacks run fixed iteration counts, so their cost does not
     depend on the weights.  Each repeat times PGD then JIO with device synchronisation; medians are reported.
@@ -252,34 +275,38 @@ def time_attacks(job: TimingJob, data: dict[str, Any], device: torch.device, pro
     model = build_model(job.net, images_all.shape[1], data["meta"]["num_classes"]).to(device).eval()
     reset_norms(model)
     eps, scale, cfg = job.timing.eps, input_scale(job.net, data["meta"]), job.timing
+    counts = nominal_counts(job)
     rows = []
-    for batch in cfg.batch_sizes:
-        images, labels = images_all[:batch].to(device), labels_all[:batch].to(device)
+    for engineering, mode in engineering_levels(job.net, device).items():
+        net = dataclasses.replace(job.net, cuda_graph=mode)
+        for batch in cfg.batch_sizes:
+            images, labels = images_all[:batch].to(device), labels_all[:batch].to(device)
 
-        def run_pgd() -> None:
-            pgd_perturbation(model, images, labels, job.net, job.attack.pgd, eps, scale)
+            def run_pgd() -> None:
+                pgd_perturbation(model, images, labels, net, job.attack.pgd, eps, scale)
 
-        def run_jio() -> None:
-            with torch.no_grad():
-                jio_attack(model, images, labels, job.net, job.attack.jio, eps, scale=scale)
+            def run_jio() -> None:
+                with torch.no_grad():
+                    jio_attack(model, images, labels, net, job.attack.jio, eps, scale=scale)
 
-        samples: dict[str, list[float]] = {"pgd": [], "jio": []}
-        for _ in range(cfg.warmup):
-            run_pgd()
-            run_jio()
-        for _ in tqdm(range(cfg.repeats), desc=f"timing batch {batch}", disable=not progress):
-            for name, fn in (("pgd", run_pgd), ("jio", run_jio)):
-                sync(device)
-                t0 = time.perf_counter()
-                fn()
-                sync(device)
-                samples[name].append(time.perf_counter() - t0)
-        med = {k: float(np.median(v)) for k, v in samples.items()}
-        for name, iterations in (("pgd", job.attack.pgd.steps), ("jio", job.attack.jio.iterations)):
-            rows.append({"method": name, "iterations": iterations, "batch_size": len(labels), "eps_used": scale * eps,
-                         "ms_per_call": 1e3 * med[name], "ms_per_example": 1e3 * med[name] / len(labels),
-                         "repeats": cfg.repeats, "samples_ms": [1e3 * s for s in samples[name]],
-                         "pgd_over_jio": med["pgd"] / med["jio"]})
+            samples: dict[str, list[float]] = {"pgd": [], "jio": []}
+            for _ in range(cfg.warmup):
+                run_pgd()
+                run_jio()
+            for _ in tqdm(range(cfg.repeats), desc=f"timing {engineering} batch {batch}", disable=not progress):
+                for name, fn in (("pgd", run_pgd), ("jio", run_jio)):
+                    sync(device)
+                    t0 = time.perf_counter()
+                    fn()
+                    sync(device)
+                    samples[name].append(time.perf_counter() - t0)
+            med = {k: float(np.median(v)) for k, v in samples.items()}
+            for name, iterations in (("pgd", job.attack.pgd.steps), ("jio", job.attack.jio.iterations)):
+                rows.append({"method": name, "iterations": iterations, "engineering": engineering,
+                             "batch_size": len(labels), "eps_used": scale * eps, **counts[name],
+                             "ms_per_call": 1e3 * med[name], "ms_per_example": 1e3 * med[name] / len(labels),
+                             "repeats": cfg.repeats, "samples_ms": [1e3 * s for s in samples[name]],
+                             "pgd_over_jio": med["pgd"] / med["jio"]})
     return rows
 
 

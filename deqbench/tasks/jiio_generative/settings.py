@@ -98,7 +98,14 @@ class EncoderSolve:
     cuda_graph: str
 
 
-Method = JIIOSolve | AdamSolve | EncoderSolve
+@dataclass(frozen=True)
+class TrivialAnswer:
+    """A Table 4 reference row that uses no model: the observation itself, or the mean training image."""
+
+    kind: Literal["corrupted_input", "mean_image"]
+
+
+Method = JIIOSolve | AdamSolve | EncoderSolve | TrivialAnswer
 
 
 @dataclass(frozen=True)
@@ -161,7 +168,7 @@ class CellJob:
     """One table cell: reconstruct (or solve an inverse problem on) the test images with ``method``."""
 
     row: str
-    arch: Architecture
+    arch: Architecture | None  # None: a trivial answer, no model
     problem: Problem
     method: Method
     sampling: Literal["prior", "density", "none"]
@@ -268,8 +275,14 @@ class GenerativeSettings:
         return DensityJob(self.architecture(model), latents, config, d.max_latents, self.params.eval.batch_size,
                           self.info.device)
 
-    def cell(self, row: str, model: str, method: str, problem: str, sampling: str) -> CellJob:
-        """A table cell: ``method`` is ``jiio`` (test iterations), ``adam`` or ``encoder``."""
+    def cell(self, row: str, model: str | None, method: str, problem: str, sampling: str) -> CellJob:
+        """A table cell: ``method`` is ``jiio`` (test iterations), ``adam``, ``encoder`` or (no model) a trivial
+        answer, ``corrupted_input`` or ``mean_image``."""
+        e, prob = self.params.eval, self.problem(problem)
+        if model is None:
+            return CellJob(row, None, prob, TrivialAnswer(method), "none", None, e.batch_size, e.limit,  # type: ignore[arg-type]
+                           e.reference_psnr_batch, e.corruption_seed if prob.kind != "none" else None, None,
+                           self.info.device)
         if method == "jiio":
             solve: Method = self.jiio(self.params.jiio.test_iterations)
         elif method == "adam":
@@ -277,7 +290,6 @@ class GenerativeSettings:
         else:
             solve = self.encoder(model)
         decoder = self.params.solver if sampling != "none" and self.model_kind(model).family != "conv_autoencoder" else None
-        e, prob = self.params.eval, self.problem(problem)
         fid = FIDSettings(e.fid_weights, e.generation_samples) if prob.kind == "none" else None
         return CellJob(row, self.architecture(model), prob, solve, sampling, decoder, e.batch_size, e.limit,
                        e.reference_psnr_batch, e.corruption_seed if prob.kind != "none" else None, fid,

@@ -12,10 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
+import numpy as np
+import torch
+from torch import Tensor
+
 from deqbench.experiments.config import ConfigError
+from deqbench.experiments.io import load_artifact
 from deqbench.experiments.runtime import device_name
 from deqbench.experiments.tables import Column, TableRows, TableSpec, measured_on, read_results
 from deqbench.tasks.jiio_generative.settings import RECONSTRUCT, CellJob, GenerativeSettings, TableJob
+from deqbench.tasks.jiio_generative.task import examples_path, samples_path
 
 TASK = "jiio_generative"
 PAPER = "jiio"
@@ -27,13 +33,15 @@ class Row:
 
     key: str
     label: str
-    model: str
-    method: Literal["jiio", "adam", "encoder"]
+    model: str | None  # None: a reference row that uses no model
+    method: Literal["jiio", "adam", "encoder", "corrupted_input", "mean_image"]
     supervised: bool = False  # trained on the cell's inverse problem (else on plain reconstruction)
     sampling: Literal["prior", "density", "none"] = "none"
 
-    def checkpoint(self, problem: str) -> tuple[str, str]:
-        """(model, training problem) of the checkpoint this row uses for ``problem``."""
+    def checkpoint(self, problem: str) -> tuple[str, str] | None:
+        """(model, training problem) of the checkpoint this row uses for ``problem`` (None: no model)."""
+        if self.model is None:
+            return None
         return self.model, problem if self.supervised else RECONSTRUCT
 
 
@@ -52,6 +60,10 @@ TABLE4_ROWS = (
     Row("unsup_mdeq_vae_adam", "MDEQ-VAE (Adam)", "mdeq_vae", "adam"),
     Row("unsup_jiio40", "JIO-MDEQ-40", "jiio40", "jiio"),
     Row("unsup_jiio100", "JIO-MDEQ-100", "jiio100", "jiio"),
+    # Trivial answers every model must beat (not in the paper): the observation returned unchanged, and the mean
+    # training image whatever the observation.
+    Row("ref_corrupted_input", "corrupted input (no model)", None, "corrupted_input"),
+    Row("ref_mean_image", "mean training image (no model)", None, "mean_image"),
 )
 ROWS = {"table1": TABLE1_ROWS, "table4": TABLE4_ROWS}
 DENSITY_MODELS = tuple(sorted({r.model for r in TABLE1_ROWS if r.sampling == "density"}))
@@ -95,6 +107,81 @@ def _device(result: dict[str, Any]) -> str:
     return device_name(result["provenance"]["device"])
 
 
+# ----------------------------------------------------------------------------- image grids
+
+
+def _tile(images: Tensor) -> np.ndarray:
+    """A row of images in [-1, 1] ``(N, C, H, W)`` as one (H, N * (W + 1), 3) array in [0, 1]."""
+    x = ((images.float().clamp(-1, 1) + 1) / 2).expand(-1, 3, -1, -1) if images.shape[1] == 1 else \
+        (images.float().clamp(-1, 1) + 1) / 2
+    pad = torch.ones(x.shape[0], 3, x.shape[2], 1)
+    return torch.cat([torch.cat((im, p), dim=2) for im, p in zip(x, pad)], dim=2).permute(1, 2, 0).numpy()
+
+
+def _save_figure(fig: Any, png: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    png.parent.mkdir(parents=True, exist_ok=True)
+    tmp = png.with_name(f".{png.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(png)
+
+
+def _image_panel(ax: Any, strips: list[tuple[str, Tensor]], title: str) -> None:
+    """Stacked image rows with their labels on the left."""
+    arrays = [_tile(t) for _, t in strips]
+    height = arrays[0].shape[0]
+    gap = np.ones((max(1, height // 8), arrays[0].shape[1], 3))
+    ax.imshow(np.concatenate([a for arr in arrays for a in (arr, gap)][:-1], axis=0), interpolation="nearest")
+    ax.set_yticks([i * (height + gap.shape[0]) + height / 2 for i in range(len(strips))])
+    ax.set_yticklabels([label for label, _ in strips], fontsize=7)
+    ax.set_xticks([])
+    ax.set_title(title, fontsize=8)
+
+
+def _draw_table4(rows: list[dict[str, Any]], png: Path, caption: str) -> None:
+    """Figures 7-12 of the paper in one PNG: per problem the target, the corrupted input and every row's answer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    problems = list(dict.fromkeys(r["problem"] for r in rows))
+    fig, axes = plt.subplots(1, len(problems), figsize=(4.2 * len(problems), 0.55 * (len(rows) / len(problems) + 2)),
+                             squeeze=False)
+    for ax, problem in zip(axes[0], problems):
+        cells = [r for r in rows if r["problem"] == problem]
+        first = load_artifact(cells[0]["_examples"])
+        strips = [("target", first["target"]), ("corrupted", first["observed"])]
+        strips += [(f"{r['model']} ({r['median_psnr_01']:.1f} dB)", load_artifact(r["_examples"])["recovered"])
+                   for r in cells if r["task"] != "reference"]
+        _image_panel(ax, strips, problem)
+    fig.suptitle(textwrap.fill(caption.split(" Rows of task")[0], 200), fontsize=6)
+    fig.tight_layout()
+    _save_figure(fig, png)
+
+
+def _draw_table1(rows: list[dict[str, Any]], png: Path, caption: str) -> None:
+    """Figures 2 and 5 of the paper: samples of every generator that samples, and test reconstructions of all."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first = load_artifact(rows[0]["_examples"])
+    recon = [("test images", first["target"])] + [(r["model"], load_artifact(r["_examples"])["recovered"])
+                                                   for r in rows]
+    samples = [(r["model"], load_artifact(r["_samples"])["images"][: first["target"].shape[0]])
+               for r in rows if r.get("_samples")]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 0.6 * (len(rows) + 2)), squeeze=False)
+    _image_panel(axes[0][0], recon, "reconstructions of test images")
+    _image_panel(axes[0][1], samples, "samples")
+    fig.suptitle(textwrap.fill(caption.split(" `swd_*`")[0], 160), fontsize=6)
+    fig.tight_layout()
+    _save_figure(fig, png)
+
+
 # ----------------------------------------------------------------------------- Table 1
 
 
@@ -118,7 +205,11 @@ def _build_table1(job: TableJob, files: Sequence[str]) -> TableRows:
         notes[row.key] = {"generation": (r.get("fid_generation") or {}).get("reason"),
                           "reconstruction": (r.get("fid_reconstruction") or {}).get("reason")}
         paper_gen, paper_rec = PAPER_TABLE1_FID[row.key]
-        rows.append({"model": row.label, "fid_generation": gen, "fid_reconstruction": rec,
+        rows.append({"_examples": str(examples_path(r["_file"])),
+                     "_samples": str(samples_path(r["_file"])) if row.sampling != "none" else None,
+                     "model": row.label, "fid_generation": gen, "fid_reconstruction": rec,
+                     "swd_generation": (r.get("swd_generation") or {}).get("value", "-"),
+                     "swd_reconstruction": r["swd_reconstruction"]["value"],
                      "recon_median_psnr_01": r["median_psnr_01"],
                      "recon_psnr_reference_convention": r["reference_batch_psnr"]["median"],
                      "paper_fid_generation": paper_gen, "paper_fid_reconstruction": paper_rec,
@@ -133,7 +224,7 @@ def _table1_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for r in rows:
         out[f"{r['model']}/recon_median_psnr_01"] = r["recon_median_psnr_01"]
-        for key in ("fid_generation", "fid_reconstruction"):
+        for key in ("fid_generation", "fid_reconstruction", "swd_generation", "swd_reconstruction"):
             if isinstance(r[key], float):
                 out[f"{r['model']}/{key}"] = r[key]
     return out
@@ -143,14 +234,18 @@ TABLE1 = TableSpec(
     "table1", TASK, PAPER, "JIIO paper, Table 1 (CelebA 64x64 FID)", "Table 1: generative modelling (FID)",
     "FID (lower is better) of generated samples and of test-set reconstructions, and the reconstruction PSNR; "
     "profile `{profile}`. FID is torch-fidelity's Inception FID; `n/a` means it could not be computed (reason in "
-    "fid_note and the provenance); `-`: the row does not sample.",
+    "fid_note and the provenance); `-`: the row does not sample. `swd_*` is the sliced Wasserstein-1 distance to the "
+    "test images in pixel space (256 seeded directions; lower is better): it needs no downloaded weights, so it ranks "
+    "the generators offline, but it is not FID and not comparable with the paper's numbers.",
     (Column("model"), Column("fid_generation", "FID generation"), Column("fid_reconstruction", "FID reconstruction"),
+     Column("swd_generation", "sliced Wasserstein generation (pixels, not FID)"),
+     Column("swd_reconstruction", "sliced Wasserstein reconstruction (pixels, not FID)"),
      Column("recon_median_psnr_01", "reconstruction PSNR, median over images in [0,1]", "dB"),
      Column("recon_psnr_reference_convention", "reconstruction PSNR, reference convention", "dB"),
      Column("paper_fid_generation", "FID generation", reference_for="fid_generation"),
      Column("paper_fid_reconstruction", "FID reconstruction", reference_for="fid_reconstruction"),
      Column("fid_note", "FID note"), Column("profile"), Column("data_source", "data")),
-    _settings("table1"), _build_table1, _table1_metrics,
+    _settings("table1"), _build_table1, _table1_metrics, _draw_table1,
 )
 
 
@@ -166,13 +261,17 @@ def _build_table4(job: TableJob, files: Sequence[str]) -> TableRows:
             r = cells.get((row.key, problem))
             if r is None:
                 raise ConfigError(f"table4: no evaluation for row {row.key}, problem {problem}")
-            rows.append({"task": "supervised" if row.supervised else "unsupervised", "model": row.label,
+            task = "reference" if row.model is None else "supervised" if row.supervised else "unsupervised"
+            rows.append({"task": task, "model": row.label,
                          "problem": problem, "median_psnr_01": r["median_psnr_01"],
+                         "median_psnr_01_composite": r.get("composite", {}).get("median_psnr_01"),
                          "psnr_reference_convention": r["reference_batch_psnr"]["median"],
-                         "paper_psnr": PAPER_TABLE4_PSNR[row.key].get(problem), "n_images": r["n_images"],
+                         "paper_psnr": PAPER_TABLE4_PSNR.get(row.key, {}).get(problem), "n_images": r["n_images"],
+                         "_examples": str(examples_path(r["_file"])),
                          "profile": job.profile, "data_source": r["data_source"]})
     return TableRows(rows, {"profile": job.profile},
-                     {"inputs": sorted(files), "seeds": sorted({r["train"]["seed"] for r in results}),
+                     {"inputs": sorted(files),
+                      "seeds": sorted({r["train"]["seed"] for r in results if r["train"]["seed"] is not None}),
                       "problems": list(job.problems), "measured_on": measured_on(results)})
 
 
@@ -181,13 +280,17 @@ TABLE4 = TableSpec(
     "Table 4: inverse problems (median PSNR)",
     "Inverse problems: `median_psnr_01` is the median over test images of the PSNR in the [0, 1] pixel range (our "
     "convention); `psnr_reference_convention` is the reference code's (MSE per batch in [-1, 1] units, median over "
-    "batches, about 6 dB lower), the convention of the paper's numbers; profile `{profile}`.",
+    "batches, about 6 dB lower), the convention of the paper's numbers; `median_psnr_01_composite` (inpainting only) "
+    "keeps the observed pixels and takes only the window from the model, the usual convention, where the paper scores "
+    "the model's whole output. Rows of task `reference` use no model: every model should beat them; profile "
+    "`{profile}`.",
     (Column("task"), Column("model"), Column("problem"), Column("median_psnr_01", "median PSNR [0,1]", "dB"),
+     Column("median_psnr_01_composite", "median PSNR [0,1], observed pixels kept", "dB"),
      Column("psnr_reference_convention", "PSNR, reference convention", "dB"),
      Column("paper_psnr", "PSNR, reference convention", "dB", reference_for="psnr_reference_convention"),
      Column("n_images", "test images"), Column("profile"), Column("data_source", "data")),
     _settings("table4"), _build_table4,
-    lambda rows: {f"{r['task']}/{r['model']}/{r['problem']}": r["median_psnr_01"] for r in rows},
+    lambda rows: {f"{r['task']}/{r['model']}/{r['problem']}": r["median_psnr_01"] for r in rows}, _draw_table4,
 )
 
 

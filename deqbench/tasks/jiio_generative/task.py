@@ -16,6 +16,7 @@ Timing (Table 3, Figure 3, memory) is in :mod:`.timing`.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +32,13 @@ from deqbench.experiments.registry import Job
 from deqbench.experiments.runtime import data_source_label, seed_everything
 from deqbench.experiments.settings import settings_hash, to_plain
 from deqbench.experiments.trainer import EpochBatches, LoopSettings, StepOutput, fit
-from deqbench.metrics import compute_fid, median_psnr, reference_batch_psnr
+from deqbench.metrics import compute_fid, median_psnr, reference_batch_psnr, sliced_wasserstein
 from deqbench.metrics.density import PosthocDensity
 from deqbench.tasks.jiio_generative.methods import (
     TRAINING_STEPS, build_model, decode, jiio_reconstruct, reconstruct, to_model_range,
 )
-from deqbench.tasks.jiio_generative.settings import MODELS, Architecture, CellJob, DensityJob, PrepareJob, TrainJob
+from deqbench.tasks.jiio_generative.settings import (MODELS, Architecture, CellJob, DensityJob, PrepareJob, TrainJob,
+                                                     TrivialAnswer)
 
 # ----------------------------------------------------------------------------- data and checkpoints
 
@@ -62,6 +64,19 @@ def load_model(arch: Architecture, path: str | Path, device: torch.device) -> tu
     model.load_state_dict(state["model"])
     model.eval()
     return model, state
+
+
+EXAMPLES = 6  # test images shown in the PNG grids
+
+
+def examples_path(result: str | Path) -> Path:
+    """Where a cell job writes its first examples (corrupted, recovered, target) for the PNG grids."""
+    return Path(result).with_suffix(".examples.pt")
+
+
+def samples_path(result: str | Path) -> Path:
+    """Where a sampling cell job writes its first generated images."""
+    return Path(result).with_suffix(".samples.pt")
 
 
 def test_images(data: dict[str, Any], limit: int | None) -> Tensor:
@@ -162,27 +177,48 @@ def sample_images(job: CellJob, model: nn.Module, density: dict[str, Any] | None
     return torch.cat(out)
 
 
-def evaluate_cell(job: CellJob, checkpoint: str, density_path: str | None, data: dict[str, Any],
+def evaluate_cell(job: CellJob, checkpoint: str | None, density_path: str | None, data: dict[str, Any],
                   device: torch.device, progress: bool) -> dict[str, Any]:
-    """PSNR (both conventions) of the row's method on the cell's problem over the test images; for rows that
-    sample (Table 1), also FID of reconstructions and of generated images."""
-    model, state = load_model(job.arch, checkpoint, device)
+    """PSNR (both conventions) of the row's method on the cell's problem over the test images (for inpainting also
+    of the composite that keeps the observed pixels); for rows that sample (Table 1), also FID of reconstructions and
+    of generated images.  Trivial-answer rows (no model) return the observation or the mean training image."""
+    trivial = job.method if isinstance(job.method, TrivialAnswer) else None
+    if trivial is not None:
+        model = None
+        state = {"name": trivial.kind, "summary": {"key": "no model", "seed": None}, "settings_hash": None}
+        mean_image = to_model_range(data["train"], device).mean(0, keepdim=True)
+    else:
+        if checkpoint is None:
+            raise ConfigError(f"row {job.row} needs --checkpoint")
+        model, state = load_model(job.arch, checkpoint, device)
     test = test_images(data, job.limit)
     problem = job.problem.inverse_problem()
     noise = torch.Generator(device=device).manual_seed(job.corruption_seed or 0)  # unused by plain reconstruction
-    preds, cleans = [], []
+    preds, cleans, composites, shown = [], [], [], []
     for sl in tqdm(batches(test.shape[0], job.batch_size), desc=f"{job.row} {job.problem.name}",
                    disable=not progress):
         clean = to_model_range(test[sl], device)
         observed, mask = corrupt(problem, clean, noise)
-        preds.append(reconstruct(job.method, model, observed, mask if problem.kind == "inpaint" else None).cpu())
+        if trivial is None:
+            pred = reconstruct(job.method, model, observed, mask if problem.kind == "inpaint" else None)
+        else:
+            pred = observed if trivial.kind == "corrupted_input" else mean_image.expand_as(clean)
+        preds.append(pred.cpu())
+        shown.append(observed.cpu())
+        composites.append((mask * observed + (1 - mask) * pred).cpu())
         cleans.append(clean.cpu())
     pred, clean_all = torch.cat(preds), torch.cat(cleans)
     out: dict[str, Any] = {"row": job.row, "problem": job.problem.name, "model": state["name"],
                            "train": state["summary"], "checkpoint_settings_hash": state["settings_hash"],
                            "n_images": int(pred.shape[0]), **_psnr(pred, clean_all, job)}
+    # The first examples for the PNG grids (corrupted / recovered / target), written beside the result.
+    out["examples"] = {"observed": torch.cat(shown)[:EXAMPLES], "recovered": pred[:EXAMPLES],
+                       "target": clean_all[:EXAMPLES]}
+    if problem.kind == "inpaint":
+        out["composite"] = _psnr(torch.cat(composites), clean_all, job)
     if job.fid is not None:
         out["fid_reconstruction"] = _fid(job, clean_all, pred, device)
+        out["swd_reconstruction"] = asdict(sliced_wasserstein(pred, clean_all))
     if job.sampling != "none":
         density = load_artifact(density_path) if density_path is not None else None
         if density is not None:
@@ -190,6 +226,7 @@ def evaluate_cell(job: CellJob, checkpoint: str, density_path: str | None, data:
                               "fitted_on": density["model"]}
         samples = sample_images(job, model, density, job.arch.latent_dim, device, progress)
         out["fid_generation"] = _fid(job, clean_all, samples, device)
+        out["swd_generation"] = asdict(sliced_wasserstein(samples, clean_all))
         out["n_generated"] = int(samples.shape[0])
         out["sample_grid"] = samples[:64]
     return out
@@ -225,7 +262,8 @@ def run_cell(job: Job) -> None:
     out = evaluate_cell(job.settings, a.checkpoint, a.density, data, job.device, job.progress)
     grid = out.pop("sample_grid", None)
     if grid is not None:
-        atomic_torch_save(Path(a.out).with_suffix(".samples.pt"), {"images": grid})
+        atomic_torch_save(samples_path(a.out), {"images": grid})
+    atomic_torch_save(examples_path(a.out), out.pop("examples"))
     out["data_source"] = data_source_label(data["meta"])
     out["provenance"] = job.provenance(seeds=[out["train"]["seed"]])
     atomic_write_json(a.out, out)
