@@ -64,6 +64,7 @@ def test_adversarial_tables(smoke):
     assert '<th class="ref">accuracy (%) [paper, reference]</th>' in page and "embedded stand-in" in page
     timing = rows(smoke / "results/table2.csv")
     assert {r["method"] for r in timing} == {"pgd", "jio"} and all(float(r["ms_per_example"]) > 0 for r in timing)
+    assert {r["engineering"] for r in timing} == {"eager"} and all(int(r["f_evals"]) > 0 for r in timing)
     prov = json.loads((smoke / "results/table5.provenance.json").read_text())
     for key in ("git", "settings", "settings_hash", "packages", "device", "seeds", "profile", "scale", "caption"):
         assert key in prov
@@ -81,10 +82,16 @@ def test_generative_tables_and_figure(smoke):
         assert row["paper_fid_reconstruction"] and "embedded stand-in" in row["data_source"]
     prov = json.loads((smoke / "results/table1.provenance.json").read_text())
     assert "Inception weights not found" in prov["inputs"]["fid"]["jiio_mdeq"]["generation"]
+    assert all(float(row["swd_reconstruction"]) > 0 for row in table1)  # the offline distance is filled
+    assert {row["model"] for row in table1 if row["swd_generation"] != "-"} == {"VAE", "RAE", "MDEQ-VAE", "JIIO-MDEQ"}
     table4 = rows(smoke / "results/table4.csv")
-    assert len(table4) == 7 * 3 and {r["task"] for r in table4} == {"supervised", "unsupervised"}
+    assert len(table4) == 9 * 3 and {r["task"] for r in table4} == {"supervised", "unsupervised", "reference"}
     for row in table4:
-        assert float(row["median_psnr_01"]) > float(row["psnr_reference_convention"]) and row["paper_psnr"]
+        assert float(row["median_psnr_01"]) > float(row["psnr_reference_convention"])
+        assert bool(row["paper_psnr"]) == (row["task"] != "reference")  # no paper value for the trivial answers
+        assert bool(row["median_psnr_01_composite"]) == (row["problem"].startswith("inpaint"))
+    for name in ("table1", "table4"):
+        assert (smoke / f"results/{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     gen = yaml.safe_load((REPO / "params.yaml").read_text())["profiles"]["smoke"]["jiio_generative"]
     names = {f"adam{gen['adam']['steps']}", "jiio40", f"jiio{gen['jiio']['test_iterations']}"}  # counts actually run
     assert {r["method"] for r in rows(smoke / "results/table3.csv")} == names

@@ -154,7 +154,8 @@ def _draw_table4(rows: list[dict[str, Any]], png: Path, caption: str) -> None:
         cells = [r for r in rows if r["problem"] == problem]
         first = load_artifact(cells[0]["_examples"])
         strips = [("target", first["target"]), ("corrupted", first["observed"])]
-        strips += [(f"{r['model']} ({r['median_psnr_01']:.1f} dB)", load_artifact(r["_examples"])["recovered"])
+        strips += [(f"{r['task'][:5]}. {r['model']} ({r['median_psnr_01']:.1f} dB)",
+                    load_artifact(r["_examples"])["recovered"])
                    for r in cells if r["task"] != "reference"]
         _image_panel(ax, strips, problem)
     fig.suptitle(textwrap.fill(caption.split(" Rows of task")[0], 200), fontsize=6)
