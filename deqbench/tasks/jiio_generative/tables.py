@@ -140,6 +140,9 @@ def _image_panel(ax: Any, strips: list[tuple[str, Tensor]], title: str) -> None:
     ax.set_title(title, fontsize=8)
 
 
+TASK_ABBREVIATION = {"supervised": "sup.", "unsupervised": "unsup.", "reference": "ref."}
+
+
 def _draw_table4(rows: list[dict[str, Any]], png: Path, caption: str) -> None:
     """Figures 7-12 of the paper in one PNG: per problem the target, the corrupted input and every row's answer."""
     import matplotlib
@@ -154,7 +157,7 @@ def _draw_table4(rows: list[dict[str, Any]], png: Path, caption: str) -> None:
         cells = [r for r in rows if r["problem"] == problem]
         first = load_artifact(cells[0]["_examples"])
         strips = [("target", first["target"]), ("corrupted", first["observed"])]
-        strips += [(f"{r['task'][:5]}. {r['model']} ({r['median_psnr_01']:.1f} dB)",
+        strips += [(f"{TASK_ABBREVIATION[r['task']]} {r['model']} ({r['median_psnr_01']:.1f} dB)",
                     load_artifact(r["_examples"])["recovered"])
                    for r in cells if r["task"] != "reference"]
         _image_panel(ax, strips, problem)
