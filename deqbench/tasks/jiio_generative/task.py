@@ -205,7 +205,8 @@ def evaluate_cell(job: CellJob, checkpoint: str | None, density_path: str | None
             pred = observed if trivial.kind == "corrupted_input" else mean_image.expand_as(clean)
         preds.append(pred.cpu())
         shown.append(observed.cpu())
-        composites.append((mask * observed + (1 - mask) * pred).cpu())
+        if problem.kind == "inpaint":  # the usual score: observed pixels kept, the window from the answer
+            composites.append((mask * observed + (1 - mask) * pred).cpu())
         cleans.append(clean.cpu())
     pred, clean_all = torch.cat(preds), torch.cat(cleans)
     out: dict[str, Any] = {"row": job.row, "problem": job.problem.name, "model": state["name"],
