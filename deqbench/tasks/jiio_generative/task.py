@@ -204,7 +204,8 @@ def evaluate_cell(job: CellJob, checkpoint: str | None, density_path: str | None
         else:
             pred = observed if trivial.kind == "corrupted_input" else mean_image.expand_as(clean)
         preds.append(pred.cpu())
-        shown.append(observed.cpu())
+        if sum(len(t) for t in shown) < EXAMPLES:  # only the first few observations go in the grid
+            shown.append(observed[:EXAMPLES].cpu())
         if problem.kind == "inpaint":  # the usual score: observed pixels kept, the window from the answer
             composites.append((mask * observed + (1 - mask) * pred).cpu())
         cleans.append(clean.cpu())
