@@ -31,6 +31,8 @@ def adv_table_inputs(table):
     """Every evaluation a robustness table needs: datasets x training methods x seeds, at the table's eps."""
     if table == "table2":
         return [f"results/timing/{P}/table2_timing.json"]
+    if table == "memory_adversarial":
+        return [f"results/timing/{P}/attack_memory.json"]
     spec = ADV.tables[table]
     return [adv_evaluation(ds, m, 0 if m == "clean" else spec.eps, seed, spec.eps)
             for ds in spec.datasets for m in ADV_METHODS for seed in PIPE.info.seeds]
@@ -127,6 +129,23 @@ rule adversarial_timing:
         gpu=GPU,
     shell:
         DEQBENCH + " jiio_adversarial timing --data {input.data:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule adversarial_memory:
+    input:
+        data=adv_prepared(ADV.memory.dataset),
+    output:
+        f"results/timing/{P}/attack_memory.json",
+    params:
+        settings=PIPE.job_hash("jiio_adversarial", "memory"),
+    log:
+        f"logs/{P}/attack_memory.log",
+    # On the CPU each attack runs in its own child process (peak RSS is per process); alone, like timing.
+    threads: lambda wildcards: workflow.cores
+    resources:
+        gpu=GPU,
+    shell:
+        DEQBENCH + " jiio_adversarial memory --data {input.data:q} --out {output:q} > {log:q} 2>&1"
 
 
 for adv_spec in ADV_TASK.tables:

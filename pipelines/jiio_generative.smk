@@ -1,5 +1,5 @@
-# JIIO paper sections 4.1-4.2, appendix C: generative modelling and inverse problems, Tables 1, 3, 4, Figure 3 and
-# the memory comparison.  Task: deqbench/tasks/jiio_generative (models and rows declared in settings.py / tables.py);
+# JIIO paper sections 4.1-4.2, appendices A.2 and C: generative modelling and inverse problems, Tables 1, 3, 4,
+# Figures 3 and 4 and the memory comparison.  Task: deqbench/tasks/jiio_generative (models and rows declared in settings.py / tables.py);
 # params: the jiio_generative block.  One rule trains every (model, problem) pair; each table cell is one job.
 # The generative experiments use the profile's first seed (the paper reports single runs).
 import re
@@ -32,6 +32,8 @@ def gen_table_inputs(table):
         return [gen_cell("table1", r.key, RECONSTRUCT) for r in GEN_ROWS["table1"]]
     if table == "table4":
         return [gen_cell("table4", r.key, p) for r in GEN_ROWS["table4"] for p in GPROBLEMS]
+    if table == "figure4":
+        return [f"{GRES}/acceleration.json"]
     return [f"{GRES}/timing.json"]
 
 
@@ -146,6 +148,25 @@ rule generative_timing:
     shell:
         DEQBENCH + " jiio_generative timing --data {input.data:q} --checkpoint {input.checkpoint:q} "
         "--checkpoint100 {input.checkpoint100:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule generative_acceleration:
+    # Figure 4 (appendix A.2): Broyden vs Anderson Type-I / Type-II inside JIIO on the pre-trained MDEQ-VAE decoder.
+    input:
+        data=GDATA,
+        checkpoint=gen_checkpoint("mdeq_vae", RECONSTRUCT),
+    output:
+        f"{GRES}/acceleration.json",
+    params:
+        settings=PIPE.job_hash("jiio_generative", "acceleration"),
+    log:
+        f"logs/{P}/generative_acceleration.log",
+    threads: JOB_THREADS
+    resources:
+        gpu=GPU,
+    shell:
+        DEQBENCH + " jiio_generative acceleration --data {input.data:q} --checkpoint {input.checkpoint:q} "
+        "--out {output:q} > {log:q} 2>&1"
 
 
 for gen_spec in GEN_TASK.tables:

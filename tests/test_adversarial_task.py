@@ -50,7 +50,7 @@ def test_job_settings_hold_only_what_the_job_reads(adv):
     assert clean.pgd is None and clean.jio is None  # clean training reads no attack settings
     assert pgd.jio is None and jio.pgd is None  # each adversarial training reads only its own attack
     assert pgd.pgd.steps == adv.params.train.attack_pgd_steps  # training uses the cheaper attacks
-    assert jio.jio.iterations == adv.params.train.attack_jio_iterations
+    assert jio.jio.iterations == adv.params.train.attack_jio_iterations["mnist"]
     assert adv.evaluate("mnist").attack.pgd.steps == adv.params.attack.pgd.steps
     other = settings(train={"max_steps": 4, "checkpoint_every": 2, "log_every": 1, "batch_size": 8},
                      eval={"limit": 3, "batch_size": 8}, attack={"pgd": {"steps": 7, "step_size": 0.1}})
@@ -138,6 +138,8 @@ def test_table_assembly_mean_std_and_reference(adv, tmp_path):
         for method in ("clean", "pgd", "jio"):
             result = {"accuracy": {"clean": acc, "pgd": acc - 10, "jio": acc - 20}, "eps": 1.0, "n_test": 100,
                       "eps_used": 0.36, "train": {"dataset": "mnist", "method": method, "seed": seed, "steps": 300,
+                                                  "train_seconds": 10.0 * (seed + 1),
+                                                  "inner_iterations": {"clean": 0, "pgd": 3, "jio": 40}[method],
                                                   "inner_attack": None if method == "clean" else f"{method}-3",
                                                   "warm_start": None if method == "clean" else "clean.pt"},
                       "data_source": "digits28 (embedded stand-in for mnist)"}
@@ -151,10 +153,14 @@ def test_table_assembly_mean_std_and_reference(adv, tmp_path):
     assert first["dataset"] == "MNIST" and first["accuracy_mean"] == 55.0
     assert abs(first["accuracy_std"] - 7.0710678) < 1e-6
     assert first["paper_value"] == 99.45  # the reference column, from the paper's Table 5
-    assert TABLE5.reference_columns() == {"accuracy_mean": "paper_value", "accuracy_std": "paper_std"}
+    assert TABLE5.reference_columns() == {"accuracy_mean": "paper_value", "accuracy_std": "paper_std",
+                                          "train_seconds_mean": "paper_train_hours"}
     assert first["eps_used"] == 0.36 and "0.36 on digits28" in built.caption_fields["eps_used"]
     assert first["training"] == "clean: no attack inside, 300 steps"
     assert built.rows[3]["training"] == "pgd: pgd-3 inside, 300 steps fine-tuning the clean model of the same seed"
+    # appendix C.5: each model's own training wall clock, mean over seeds, beside the paper's hours
+    assert first["train_seconds_mean"] == 15.0 and built.rows[3]["paper_train_hours"] == 13.5
+    assert [built.rows[i]["inner_iterations"] for i in (0, 3, 6)] == [0, 3, 40]
     result["eps_used"] = 0.5  # one evaluation at another radius: refused, naming what differs
     Path(files[-1]).write_text(json.dumps(result))
     with pytest.raises(Exception, match="eps_used differs"):
@@ -243,3 +249,24 @@ def test_attacks_compute_the_stem_injection_as_counted(adv, data):
     with torch.no_grad():
         task.jio_attack(model, images, labels, job.net, job.attack.jio, 1.0)
     assert calls["n"] == counts["jio"]["injections"]
+
+
+def test_attack_memory_is_measured_per_method_and_tabled_with_the_papers_values(adv, data, tmp_path):
+    """Appendix C.6: each attack's peak working memory above the pre-call level, and the JIO / PGD ratio."""
+    from deqbench.tasks.jiio_adversarial.tables import MEMORY_ADVERSARIAL
+
+    job = settings(memory={"dataset": "mnist", "batch_size": 8}).memory()
+    rows = [task.attack_memory(job, data, m, CPU) for m in task.MEMORY_METHODS]
+    assert [(r["method"], r["iterations"]) for r in rows] == [("pgd", job.attack.pgd.steps),
+                                                            ("jio", job.attack.jio.iterations)]
+    assert all(r["batch_size"] == 8 and r["peak_bytes"] >= 0 and r["measure"] for r in rows)
+    with pytest.raises(Exception, match="must be one of"):
+        task.attack_memory(job, data, "adam", CPU)
+    rows[0]["peak_bytes"], rows[1]["peak_bytes"] = 100, 150
+    path = tmp_path / "memory.json"
+    path.write_text(json.dumps({"rows": rows, "data_source": "digits28",
+                                "provenance": {"device": {"type": "cpu", "name": "cpu"}}}))
+    table_job = TASK.table("memory_adversarial").settings_of(settings(memory={"dataset": "mnist", "batch_size": 8}))
+    built = MEMORY_ADVERSARIAL.build(table_job, [str(path)])
+    assert [r["jio_over_pgd"] for r in built.rows] == [1.5, 1.5]
+    assert [r["paper_gb"] for r in built.rows] == [2.15, 2.19]

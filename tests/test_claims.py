@@ -143,6 +143,16 @@ def test_for_each_expands_into_all():
     assert [c["compare"]["left"]["where"]["model"] for c in expanded["check"]["all"]] == ["a", "b"]
 
 
+def test_for_each_expands_preconditions_once_per_value():
+    need = {"cell": cell("acc", "accuracy", model="{m}"), "at_least": 20.0, "why": "{m} at chance"}
+    fixed = {"cell": cell("acc", "accuracy", model="c"), "at_least": 20.0, "why": "c at chance"}
+    expanded = ledger.expand({"id": "Y", "for_each": {"m": ["a", "b"]}, "requires": [need, fixed],
+                              "check": {"compare": {"left": cell("acc", "accuracy", model="{m}"), "op": ">",
+                                                    "right": cell("acc", "accuracy", model="c")}}})
+    assert [(r["cell"]["where"]["model"], r["why"]) for r in expanded["requires"]] == [
+        ("a", "a at chance"), ("c", "c at chance"), ("b", "b at chance")]
+
+
 def test_declarations_are_validated():
     good = claim(ratio(3.0))
     ledger.validate([good], REFERENCE, COLUMNS)
@@ -203,7 +213,10 @@ def test_shipped_checks_hold_on_the_papers_own_numbers(tmp_path):
         for row in rows_by_table.get(name, []):
             dataset = {"MNIST": "mnist", "CIFAR-10": "cifar10"}[row["dataset"]]
             row["paper_value"], row["paper_std"] = reference[dataset][row["train_method"]][row["test_method"]]
+            row["paper_train_hours"] = adv.PAPER_TRAIN_HOURS[dataset].get(row["train_method"])
             row["n_seeds"] = 3
+    for row in rows_by_table.get("memory_adversarial", []):
+        row["paper_gb"] = adv.PAPER_MEMORY_GB[row["method"]]
     for name, rows in rows_by_table.items():
         columns = [c.key for c in specs[name].columns]
         with (tmp_path / f"{name}.csv").open("w", newline="") as fh:

@@ -87,6 +87,28 @@ def test_autoencoder_loss_backpropagates_through_both_solves():
         MDEQAutoencoder("ae", enc, MDEQGeneratorConfig(**SMALL))
 
 
+def test_mdeq_ae_code_norm_standardises_the_code_so_the_output_depends_on_the_input():
+    enc = MDEQConfig(in_channels=1, num_classes=8, channels=(8, 8), expansion=2, block_groups=4, fuse_groups=4,
+                     post_fuse_groups=4, head_channels=(4, 8), final_channels=16)
+    torch.manual_seed(0)
+    model = MDEQAutoencoder("ae", enc, MDEQGeneratorConfig(**SMALL), code_norm=True).train()
+    images = torch.rand(16, 1, 8, 8) * 2 - 1
+    fast = {"max_iter": 4}
+    code, _ = model.encode(images, fast)
+    assert torch.allclose(code.mean(0), torch.zeros(8), atol=1e-5)
+    assert torch.allclose(code.std(0, unbiased=False), torch.ones(8), atol=2e-2)  # up to BatchNorm's eps
+    model.eval()  # running statistics at test time: one image at a time gives the same code as in a batch
+    with torch.no_grad():
+        batch_code, _ = model.encode(images, fast)
+        single, _ = model.encode(images[:1], fast)
+        recon = model.reconstruct(images, fast)
+    assert torch.allclose(single, batch_code[:1], atol=1e-4)
+    assert (recon - recon.mean(0)).abs().mean() > 1e-3  # reconstructions differ between inputs
+    with pytest.raises(ValueError, match="MDEQ-AE"):
+        MDEQAutoencoder("vae", MDEQConfig(**{**enc.__dict__, "num_classes": 16}), MDEQGeneratorConfig(**SMALL),
+                        code_norm=True)
+
+
 def _reachable_target(gen: SmallDEQGenerator, batch: int) -> torch.Tensor:
     latent = torch.randn(batch, 8)
     with torch.no_grad():

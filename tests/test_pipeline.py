@@ -94,7 +94,9 @@ def test_generative_tables_and_figure(smoke):
         assert (smoke / f"results/{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     gen = yaml.safe_load((REPO / "params.yaml").read_text())["profiles"]["smoke"]["jiio_generative"]
     names = {f"adam{gen['adam']['steps']}", "jiio40", f"jiio{gen['jiio']['test_iterations']}"}  # counts actually run
-    assert {r["method"] for r in rows(smoke / "results/table3.csv")} == names
+    table3 = rows(smoke / "results/table3.csv")
+    assert {r["method"] for r in table3} == names
+    assert {r["distinct_examples"] for r in table3} == {str(gen["timing"]["distinct_examples"])}
     memory = rows(smoke / "results/memory.csv")
     assert {r["method"] for r in memory} == {"jiio40", f"adam{gen['adam']['steps']}"}
     assert all("RSS" in r["measure"] for r in memory)
@@ -102,6 +104,15 @@ def test_generative_tables_and_figure(smoke):
     curves = rows(smoke / "results/figure3.csv")
     assert {r["method"] for r in curves} == names
     assert {r["panel"] for r in curves} == {"model trained with JIIO-40", "model trained with JIIO-100"}
+    for panel, method in {(r["panel"], r["method"]) for r in curves}:  # real, increasing per-iteration timestamps
+        stamps = [float(r["seconds"]) for r in curves if r["panel"] == panel and r["method"] == method]
+        assert all(b > a for a, b in zip(stamps, stamps[1:]))
+    assert (smoke / "results/figure4.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    accel = rows(smoke / "results/figure4.csv")  # Broyden vs Anderson Type-I / II inside JIIO (appendix A.2)
+    iterations = gen["jiio"]["test_iterations"]
+    assert [(r["solver"], int(r["iteration"])) for r in accel] == [
+        (s, k) for s in ("broyden", "anderson_I", "anderson_II") for k in range(1, iterations + 1)]
+    assert all(r["final_cost"] and "embedded stand-in" in r["data_source"] for r in accel)
 
 
 def test_claims_ledger(smoke):
@@ -125,7 +136,7 @@ def test_second_run_and_report(smoke):
     report = snakemake(smoke, "--config", "profile=smoke", "--report", "results/report.html")
     assert report.returncode == 0, report.stderr[-3000:]
     html = (smoke / "results/report.html").read_text(errors="replace")
-    for name in ("claims.html", "table5.html", "table5.csv", "figure3.png", "Claims ledger"):
+    for name in ("claims.html", "table5.html", "table5.csv", "figure3.png", "figure4.png", "Claims ledger"):
         assert name in html, name
 
 

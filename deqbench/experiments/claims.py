@@ -229,12 +229,16 @@ def _substitute(value: Any, names: Mapping[str, Any]) -> Any:
 
 
 def expand(claim: Mapping[str, Any]) -> dict[str, Any]:
-    """A claim with ``for_each`` becomes one ``all`` check over every combination of the listed values."""
+    """A claim with ``for_each`` becomes one ``all`` check over every combination of the listed values (and its
+    ``requires`` one precondition per combination)."""
     claim = dict(claim)
     loops = claim.pop("for_each", None)
     if loops and "check" in claim:
         combos = [dict(zip(loops, values)) for values in itertools.product(*loops.values())]
         claim["check"] = {"all": [_substitute(claim["check"], combo) for combo in combos]}
+        if "requires" in claim:  # preconditions that name a loop variable hold for every combination
+            expanded = [_substitute(need, combo) for combo in combos for need in claim["requires"]]
+            claim["requires"] = [need for i, need in enumerate(expanded) if need not in expanded[:i]]
     return claim
 
 

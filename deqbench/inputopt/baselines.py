@@ -4,7 +4,9 @@ Each step is a full DEQ forward solve at the current x followed by an
 implicit (IFT) backward to get dl/dx, as in the papers' baselines (JIIO
 paper sections 4.1 and 4.3).  ``f(z, x)`` is the DEQ layer and ``cost(z)`` the
 per-sample cost (B,) to minimise.  Nothing here synchronises with the host:
-the solves run a fixed number of iterations by default (``tol=0``).
+the solves run a fixed number of iterations by default (``tol=0``).  An
+optional ``on_iteration`` hook (:mod:`deqbench.inputopt.tracing`) is called
+after each step with the cost at z*(x_k), the equilibrium of that step's input.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch import Tensor
 
 from deqbench.core.deq import fixed_point
 from deqbench.inputopt.projections import make_projection
+from deqbench.inputopt.tracing import IterationHook, active_hook
 from deqbench.core.state import State, detach_state, spec_of
 
 LayerFn = Callable[[State, State], State]
@@ -62,10 +65,12 @@ def _optimise(
     warm_start: bool,
     name: str,
     project: Callable[[Tensor], Tensor] | None = None,
+    on_iteration: IterationHook | None = None,
 ) -> InputOptResult:
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     fwd = _forward_kwargs(forward)
+    hook = active_hook(on_iteration)
     bwd = dict(DEFAULT_BACKWARD)
     bwd.update(backward_options or {})
     xspec = spec_of(x0)
@@ -102,6 +107,8 @@ def _optimise(
         if warm_start:
             z_init = detach_state(z)
         x = update(k, x, g)
+        if hook is not None:  # tracing only (Figure 3): the hook may synchronise the device
+            hook(k, c)
     return InputOptResult(
         z=zspec.unflatten(best_z),
         x=xspec.unflatten(best_x),
@@ -126,6 +133,7 @@ def pgd(
     forward: dict[str, Any] | None = None,
     backward_options: dict[str, Any] | None = None,
     warm_start: bool = False,
+    on_iteration: IterationHook | None = None,
 ) -> InputOptResult:
     """Projected gradient descent on x: x <- P(x - step_size * d), with d the
     unit steepest-descent direction of the ball's norm (g/||g||_2 for L2,
@@ -136,7 +144,7 @@ def pgd(
         step = proj.steepest_direction(g) if normalized_step else g
         return proj(x - step_size * step)
 
-    return _optimise(f, cost, z0, x0, steps, update, forward, backward_options, warm_start, "pgd", proj)
+    return _optimise(f, cost, z0, x0, steps, update, forward, backward_options, warm_start, "pgd", proj, on_iteration)
 
 
 def adam(
@@ -153,6 +161,7 @@ def adam(
     forward: dict[str, Any] | None = None,
     backward_options: dict[str, Any] | None = None,
     warm_start: bool = False,
+    on_iteration: IterationHook | None = None,
 ) -> InputOptResult:
     """Adam (Kingma & Ba 2015) on x, elementwise, so every sample is independent;
     optionally projected onto a norm ball after each step."""
@@ -176,4 +185,4 @@ def adam(
         x = x.addcdiv(m, denom, value=-step_size)
         return proj(x) if proj is not None else x
 
-    return _optimise(f, cost, z0, x0, steps, update, forward, backward_options, warm_start, "adam", proj)
+    return _optimise(f, cost, z0, x0, steps, update, forward, backward_options, warm_start, "adam", proj, on_iteration)

@@ -32,6 +32,7 @@ from torch import Tensor
 from deqbench.core.deq import BackwardConfig, _ImplicitGradient, attach_gradient
 from deqbench.core.jacobian import hutchinson_jacobian_loss
 from deqbench.inputopt.projections import Projection, make_projection
+from deqbench.inputopt.tracing import IterationHook, active_hook
 from deqbench.core.solvers import make_solver
 from deqbench.core.graphs import GraphMode, StepRunner, graph_mode
 from deqbench.core.solvers.base import check_positive_int, check_range, relative_residual
@@ -276,9 +277,13 @@ def jiio(
     ("l2"/"linf") with ``eps`` and ``normalized_step``, ``selection`` with
     ``selection_options``, ``jac_reg`` ("trajectory"/"final") with
     ``jac_reg_probes``/``jac_reg_start``, ``backward`` ("mu"/"ift"/"none") with
-    ``backward_options`` and ``mu0`` (initial adjoint, zeros by default).
+    ``backward_options``, ``mu0`` (initial adjoint, zeros by default) and
+    ``on_iteration`` (a :mod:`~deqbench.inputopt.tracing` hook called with
+    ``(k, cost at the iterate)`` after each iteration; None: the hook
+    :func:`~deqbench.inputopt.tracing.iteration_hook` installed, if any).
     """
     mu0 = options.pop("mu0", None)
+    hook: IterationHook | None = active_hook(options.pop("on_iteration", None))
     grad_on = torch.is_grad_enabled()
     try:
         cfg = JIIOConfig(max_iter=max_iter, alpha=tuple(alpha), method=method, **options)  # type: ignore[arg-type]
@@ -358,10 +363,12 @@ def jiio(
             if k + 1 == cfg.max_iter:
                 evaluate()
                 record()
-                break
-            if not full:
-                evaluate()
-            runner()
+            else:
+                if not full:
+                    evaluate()
+                runner()
+            if hook is not None:  # tracing only (Figure 3): the hook may synchronise the device
+                hook(k, cost_now)
         z_star, mu_star, x_star = (t.clone() for t in aug.split(best_v))
 
     result = JIIOResult(

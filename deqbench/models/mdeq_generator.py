@@ -251,9 +251,15 @@ class MDEQAutoencoder(nn.Module):
     head) with ``2 * latent_dim`` (mean, log-variance) or ``latent_dim`` outputs;
     decoder: :class:`MDEQGenerator`.  Both run forward solves with implicit
     (IFT) backward passes.
+
+    ``code_norm`` (MDEQ-AE only): standardise the code per latent dimension with batch statistics (running
+    statistics at test time), as a VAE's KL term does for its mean.  Without it the pooled head output of the
+    encoder is dominated by an input-independent offset (code spread ~0.04 against mean |code| ~0.3 at init), and
+    the decoder learns the mean image before the encoder learns to vary its code.
     """
 
-    def __init__(self, kind: Literal["vae", "ae"], encoder: MDEQConfig, decoder: MDEQGeneratorConfig):
+    def __init__(self, kind: Literal["vae", "ae"], encoder: MDEQConfig, decoder: MDEQGeneratorConfig,
+                 code_norm: bool = False):
         super().__init__()
         if kind not in ("vae", "ae"):
             raise ValueError(f"MDEQAutoencoder kind must be 'vae' or 'ae', got {kind!r}")
@@ -261,9 +267,12 @@ class MDEQAutoencoder(nn.Module):
         if encoder.num_classes != outputs or encoder.in_channels != decoder.out_channels:
             raise ValueError(f"encoder config must have num_classes={outputs} and in_channels={decoder.out_channels}, "
                              f"got {encoder.num_classes} and {encoder.in_channels}")
+        if code_norm and kind != "ae":
+            raise ValueError("code_norm applies to MDEQ-AE (kind='ae') only")
         self.kind = kind
         self.encoder = MDEQClassifier(encoder)
         self.decoder = MDEQGenerator(decoder)
+        self.code_norm = nn.BatchNorm1d(decoder.latent_dim, affine=False) if code_norm else None
 
     def encode(self, images: Tensor, forward: dict[str, Any] | None = None,
                backward_options: dict[str, Any] | None = None) -> tuple[Tensor, Tensor | None]:
@@ -271,7 +280,7 @@ class MDEQAutoencoder(nn.Module):
         opts.update(forward or {})
         out = self.encoder(images, backward_options=backward_options, **opts)
         if self.kind == "ae":
-            return out, None
+            return (out if self.code_norm is None else self.code_norm(out)), None
         mean, logvar = out.chunk(2, dim=1)
         return mean, logvar.clamp(-10.0, 10.0)
 
@@ -303,5 +312,6 @@ class MDEQAutoencoder(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     def describe(self) -> dict[str, Any]:
-        return {"model": type(self).__name__, "kind": self.kind, "encoder": self.encoder.describe(),
+        return {"model": type(self).__name__, "kind": self.kind, "code_norm": self.code_norm is not None,
+                "encoder": self.encoder.describe(),
                 "decoder": self.decoder.describe(), "num_parameters": self.num_parameters()}

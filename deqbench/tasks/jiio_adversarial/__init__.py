@@ -1,4 +1,5 @@
-"""JIIO paper section 4.3 / appendix B.2: adversarial training of MDEQs, Tables 2, 5 and 8.
+"""JIIO paper section 4.3 / appendix B.2: adversarial training of MDEQs, Tables 2, 5 and 8 and the
+adversarial memory comparison of appendix C.6.
 
 The whole path of these tables: ``params.yaml`` (``jiio_adversarial`` block) -> ``pipelines/jiio_adversarial.smk``
 -> :mod:`.task` (and :mod:`.tables`) -> ``deqbench/models/mdeq.py`` -> ``deqbench/inputopt/jiio.py`` and
@@ -36,6 +37,11 @@ TASK = register(Task(
               (DATA, DATASET, Arg("checkpoint"), Arg("eps", float), OUT)),
         Stage("timing", "PGD vs JIO time per adversarial example, side by side (Table 2)",
               lambda s, a: s.timing(), task.run_timing, (DATA, OUT)),
+        Stage("memory", "PGD vs JIO peak memory of one attack (appendix C.6)",
+              lambda s, a: s.memory(), task.run_memory, (DATA, OUT)),
+        Stage("memory-probe", "peak memory of one attack (run in a child process by memory)",
+              lambda s, a: s.memory(), task.run_memory_probe,
+              (DATA, Arg("method", help=f"one of {list(task.MEMORY_METHODS)}"))),
     ),
     tables=TABLES,
 ))

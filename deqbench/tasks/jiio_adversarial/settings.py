@@ -43,7 +43,11 @@ class TrainParams:
     # PGD step (in units of eps = 1, like attack.pgd.step_size) inside training (null: attack.pgd.step_size); a
     # 3-step attack with the test attack's step 0.2 travels at most 0.6 eps, so shorter attacks need longer steps.
     attack_pgd_step_size: PositiveFloat | None
-    attack_jio_iterations: PositiveInt | None  # JIO iterations inside training (null: attack.jio.iterations)
+    # JIO iterations inside training, per dataset (null: attack.jio.iterations)
+    attack_jio_iterations: Mapping[str, PositiveInt] | None
+    # Parameter gradient of JIO training: "mu" (eq. 19: from the JIIO adjoint mu*, no second solve; the paper) or
+    # "ift" (an adjoint solve with the backward solver settings, warm-started at mu*).
+    jio_backward: Literal["mu", "ift"]
     # Adversarial training fine-tunes the clean model of the same dataset and seed for this many steps (null:
     # adversarial models train from scratch for the same epochs as clean ones, as in the paper).
     warm_start_steps: PositiveInt | None
@@ -96,6 +100,15 @@ class TimingParams:
 
 
 @dataclass(frozen=True)
+class MemoryParams:
+    """Appendix C.6: peak memory of one PGD and one JIO attack (the test attacks) on one batch."""
+
+    dataset: str
+    eps: PositiveFloat
+    batch_size: PositiveInt
+
+
+@dataclass(frozen=True)
 class AdversarialParams:
     """JIIO paper section 4.3 and appendix B.2: adversarial training of MDEQ classifiers (Tables 2, 5, 8)."""
 
@@ -110,6 +123,7 @@ class AdversarialParams:
     eval: EvalParams
     tables: Mapping[str, TableParams]  # table5, table8: datasets and eps
     timing: TimingParams  # Table 2
+    memory: MemoryParams  # appendix C.6
 
 
 # ----------------------------------------------------------------------------- what each job reads
@@ -170,6 +184,7 @@ class TrainJob:
     pgd: PGDParams | None  # PGD inside PGD training (the cheaper train.attack_pgd_steps); None otherwise
     jio: JIOAttack | None  # JIO inside JIO training (train.attack_jio_iterations); None otherwise
     warm_start_steps: int | None  # adversarial methods: fine-tune the clean model for this many steps
+    jio_backward: str  # JIO training: "mu" (eq. 19) or "ift"
 
 
 @dataclass(frozen=True)
@@ -184,6 +199,13 @@ class TimingJob:
     net: Network
     attack: Attack
     timing: TimingParams
+
+
+@dataclass(frozen=True)
+class MemoryJob:
+    net: Network
+    attack: Attack
+    memory: MemoryParams
 
 
 @dataclass(frozen=True)
@@ -215,7 +237,7 @@ class AdversarialSettings:
         if training and (t.attack_pgd_steps is not None or t.attack_pgd_step_size is not None):
             pgd = PGDParams(t.attack_pgd_steps or pgd.steps, t.attack_pgd_step_size or pgd.step_size, pgd.norm)
         if training and t.attack_jio_iterations is not None:
-            iterations = t.attack_jio_iterations
+            iterations = t.attack_jio_iterations[dataset]
         late = a.jio.alpha_x_late[dataset]
         switch_used = late is not None and a.jio.alpha_x_switch < iterations
         jio = JIOAttack(iterations, a.jio.memory, a.jio.anderson_kind, a.jio.alpha[dataset],
@@ -237,7 +259,7 @@ class AdversarialSettings:
         return TrainJob(self.network(dataset), method, lr, t.lr_schedule, t.lr_min, t.batch_size, t.epochs[dataset],
                         t.max_steps, t.jac_reg, t.jac_probes, t.checkpoint_every, t.log_every,
                         attack.pgd if method == "pgd" else None, attack.jio if method == "jio" else None,
-                        t.warm_start_steps if warm else None)
+                        t.warm_start_steps if warm else None, t.jio_backward if method == "jio" else "mu")
 
     def evaluate(self, dataset: str) -> EvaluateJob:
         self._check_dataset(dataset, "--dataset")
@@ -247,9 +269,16 @@ class AdversarialSettings:
         dataset = self.params.timing.dataset
         return TimingJob(self.network(dataset), self.attack(dataset), self.params.timing)
 
+    def memory(self) -> MemoryJob:
+        dataset = self.params.memory.dataset
+        return MemoryJob(self.network(dataset), self.attack(dataset), self.params.memory)
+
     def table(self, name: str) -> TableJob:
         if name == "table2":
             return TableJob(name, (self.params.timing.dataset,), self.params.timing.eps, (), self.info.name,
+                            self.info.scale)
+        if name == "memory_adversarial":
+            return TableJob(name, (self.params.memory.dataset,), self.params.memory.eps, (), self.info.name,
                             self.info.scale)
         spec = self.params.tables[name]
         return TableJob(name, spec.datasets, spec.eps, self.info.seeds, self.info.name, self.info.scale)
@@ -268,12 +297,15 @@ def build_settings(info: ProfileInfo, params: AdversarialParams) -> AdversarialS
         for ds in table.datasets:
             if ds not in datasets:
                 raise ConfigError(f"{where}.tables.{name}.datasets: {ds!r} has no entry in {where}.datasets")
-    if params.timing.dataset not in datasets:
-        raise ConfigError(f"{where}.timing.dataset: {params.timing.dataset!r} is not in {where}.datasets")
+    for key, block in (("timing", params.timing), ("memory", params.memory)):
+        if block.dataset not in datasets:
+            raise ConfigError(f"{where}.{key}.dataset: {block.dataset!r} is not in {where}.datasets")
     for ds in sorted(datasets):
         for path, mapping in (("model", params.model), ("train.epochs", params.train.epochs),
                               ("attack.jio.alpha", params.attack.jio.alpha),
-                              ("attack.jio.alpha_x_late", params.attack.jio.alpha_x_late)):
+                              ("attack.jio.alpha_x_late", params.attack.jio.alpha_x_late),
+                              *((("train.attack_jio_iterations", params.train.attack_jio_iterations),)
+                                if params.train.attack_jio_iterations is not None else ())):
             if ds not in mapping:
                 raise ConfigError(f"{where}.{path}: missing entry for dataset {ds!r}")
     return AdversarialSettings(info, params)

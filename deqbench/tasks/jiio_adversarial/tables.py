@@ -29,6 +29,10 @@ PAPER_TABLE8 = {  # CIFAR-10, eps = 0.5 (appendix B.2)
                 "jio": {"clean": (67.79, 2.33), "pgd": (51.39, 0.56), "jio": (51.25, 0.66)}},
 }
 PAPER_TABLE2_MS = {"pgd": 4360.0, "jio": 1401.0}  # one MNIST adversarial example, RTX 2080 Ti
+# Appendix C.5: adversarial training wall clock (hours, midpoints of the printed ranges): MNIST on 2 RTX 2080 Ti,
+# CIFAR-10 on 3; PGD-trained 13-14 / 20-21 h, JIO-trained 5-6 / 9-10 h.
+PAPER_TRAIN_HOURS = {"mnist": {"pgd": 13.5, "jio": 5.5}, "cifar10": {"pgd": 20.5, "jio": 9.5}}
+PAPER_MEMORY_GB = {"pgd": 2.15, "jio": 2.19}  # appendix C.6: one attack, CIFAR-10, batch 96
 
 
 def dataset_label(dataset: str) -> str:
@@ -45,11 +49,14 @@ def _settings(table: str):
 
 ROBUSTNESS_COLUMNS = (
     Column("dataset"), Column("eps", "eps (L2)"), Column("eps_used", "eps used on this data (L2)"),
-    Column("train_method", "train"), Column("training", "how it was trained"), Column("test_method", "test"),
+    Column("train_method", "train"), Column("training", "how it was trained"),
+    Column("inner_iterations", "attack iterations inside training"), Column("test_method", "test"),
     Column("accuracy_mean", "accuracy", "%"), Column("accuracy_std", "std over seeds", "%"),
     Column("n_seeds", "seeds"), Column("n_test", "test images"),
+    Column("train_seconds_mean", "training wall clock", "s"),
     Column("paper_value", "accuracy", "%", reference_for="accuracy_mean"),
     Column("paper_std", "std", "%", reference_for="accuracy_std"),
+    Column("paper_train_hours", "training wall clock", "h", reference_for="train_seconds_mean"),
     Column("profile"), Column("data_source", "data"),
 )
 
@@ -62,6 +69,8 @@ def _robustness_builder(reference: dict[str, Any]):
         n_test: dict[str, int] = {}
         eps_used: dict[str, set[float]] = {}
         recipes: dict[tuple[str, str], set[str]] = {}
+        train_seconds: dict[tuple[str, str], list[float]] = {}
+        inner: dict[tuple[str, str], set[Any]] = {}
         results = read_results(files)
         for r in results:
             train = r["train"]
@@ -70,6 +79,9 @@ def _robustness_builder(reference: dict[str, Any]):
             sources[train["dataset"]], n_test[train["dataset"]] = r["data_source"], r["n_test"]
             eps_used.setdefault(train["dataset"], set()).add(round(r.get("eps_used", r["eps"]), 6))
             recipes.setdefault((train["dataset"], train["method"]), set()).add(training_recipe(train))
+            inner.setdefault((train["dataset"], train["method"]), set()).add(train.get("inner_iterations"))
+            if "train_seconds" in train:
+                train_seconds.setdefault((train["dataset"], train["method"]), []).append(train["train_seconds"])
             for test_method, acc in r["accuracy"].items():
                 cells.setdefault((train["dataset"], train["method"], test_method), []).append(acc)
         rows = []
@@ -81,15 +93,20 @@ def _robustness_builder(reference: dict[str, Any]):
                         raise ConfigError(f"{job.table}: no evaluation for dataset={dataset} train={train_method} "
                                           f"test={test_method}")
                     paper = reference.get(dataset, {}).get(train_method, {}).get(test_method)
+                    seconds = train_seconds.get((dataset, train_method))
                     rows.append({"dataset": dataset_label(dataset), "eps": job.eps,
                                  "eps_used": _one(eps_used[dataset], f"{job.table} {dataset}: eps_used"),
                                  "train_method": train_method,
                                  "training": _one(recipes[(dataset, train_method)], f"{job.table} {dataset} "
                                                   f"{train_method}: training recipe"),
+                                 "inner_iterations": _one(inner[(dataset, train_method)], f"{job.table} {dataset} "
+                                                          f"{train_method}: inner attack iterations"),
                                  "test_method": test_method, "accuracy_mean": statistics.fmean(values),
                                  "accuracy_std": statistics.stdev(values) if len(values) > 1 else float("nan"),
                                  "n_seeds": len(values), "n_test": n_test[dataset],
+                                 "train_seconds_mean": statistics.fmean(seconds) if seconds else None,
                                  "paper_value": paper[0] if paper else None, "paper_std": paper[1] if paper else None,
+                                 "paper_train_hours": PAPER_TRAIN_HOURS.get(dataset, {}).get(train_method),
                                  "profile": job.profile, "data_source": sources[dataset]})
         seeds = sorted({r["train"]["seed"] for r in results})
         used = ", ".join(f"{_one(eps_used[d], d):.3g} on {sources[d]}" for d in job.datasets)
@@ -121,7 +138,9 @@ def _robustness_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
 ROBUSTNESS_CAPTION = ("Accuracy (%) of MDEQ classifiers under L2 attacks of radius {eps:g} (radius actually used: "
                       "{eps_used}; on stand-ins eps is scaled by the ratio of RMS image norms): rows are the training "
                       "method (clean, PGD or JIO adversarial training), columns the attack at test time (none, PGD, "
-                      "JIO); mean and sample std over seeds {seeds}; profile `{profile}`.")
+                      "JIO); mean and sample std over seeds {seeds}; profile `{profile}`. The training wall clock "
+                      "(appendix C.5) is the mean over seeds of each model's own training; a model that fine-tunes "
+                      "the clean one (see `how it was trained`) does not include the clean model's time.")
 
 TABLE5 = TableSpec("table5", TASK, PAPER, "JIIO paper, Table 5 (MNIST and CIFAR-10, eps = 1)",
                    "Table 5: L2 adversarial training", ROBUSTNESS_CAPTION, ROBUSTNESS_COLUMNS, _settings("table5"),
@@ -173,4 +192,35 @@ TABLE2 = TableSpec(
     _settings("table2"), _build_table2, _table2_metrics,
 )
 
-TABLES = (TABLE2, TABLE5, TABLE8)
+# ----------------------------------------------------------------------------- appendix C.6 memory
+
+
+def _build_memory(job: TableJob, files: Sequence[str]) -> TableRows:
+    (result,) = read_results(files)
+    device = device_name(result["provenance"]["device"])
+    peak = {r["method"]: r["peak_bytes"] for r in result["rows"]}
+    ratio = peak["jio"] / max(peak["pgd"], 1)
+    rows = [{"method": r["method"], "iterations": r["iterations"], "batch_size": r["batch_size"],
+             "eps_used": r["eps_used"], "peak_gib": r["peak_gib"], "jio_over_pgd": ratio, "measure": r["measure"],
+             "paper_gb": PAPER_MEMORY_GB[r["method"]], "paper_ratio": PAPER_MEMORY_GB["jio"] / PAPER_MEMORY_GB["pgd"],
+             "device": device, "profile": job.profile, "data_source": result["data_source"]} for r in result["rows"]]
+    return TableRows(rows, {"profile": job.profile, "device": device, "dataset": dataset_label(job.datasets[0])},
+                     {"memory_file": files[0], "measured_on": [result["provenance"]["device"]], "seeds": [0]})
+
+
+MEMORY_ADVERSARIAL = TableSpec(
+    "memory_adversarial", TASK, PAPER, "JIIO paper, appendix C.6 (CIFAR-10, batch 96, GPU)",
+    "Memory: JIO vs PGD attacks",
+    "Peak working memory of one adversarial attack on an MDEQ classifier ({dataset} setting), JIO vs PGD at the "
+    "test iteration counts (appendix C.6; the generative JIIO vs Adam comparison is `memory`); `measure` says what "
+    "was measured (CUDA peak allocation, or peak RSS of a CPU child process) on {device}; profile `{profile}`.",
+    (Column("method"), Column("iterations"), Column("batch_size", "batch"), Column("peak_gib", "peak memory", "GiB"),
+     Column("jio_over_pgd", "JIO / PGD"), Column("measure"),
+     Column("paper_gb", "memory", "GB", reference_for="peak_gib"),
+     Column("paper_ratio", "JIO / PGD", reference_for="jio_over_pgd"),
+     Column("device"), Column("profile"), Column("data_source", "data")),
+    _settings("memory_adversarial"), _build_memory,
+    lambda rows: {"jio_over_pgd": rows[0]["jio_over_pgd"], **{f"{r['method']}_peak_gib": r["peak_gib"] for r in rows}},
+)
+
+TABLES = (TABLE2, TABLE5, TABLE8, MEMORY_ADVERSARIAL)

@@ -9,7 +9,7 @@ jiio_adversarial STAGE``): ``prepare`` a dataset, ``train`` one model, ``evaluat
 from __future__ import annotations
 
 import dataclasses
-
+import json
 import math
 import time
 from pathlib import Path
@@ -28,6 +28,7 @@ from deqbench.core.state import flat_map, spec_of
 from deqbench.data import load_dataset, rms_norm, scaled_eps
 from deqbench.experiments.config import ConfigError
 from deqbench.experiments.io import atomic_torch_save, atomic_write_json, load_artifact
+from deqbench.experiments.memory import peak_memory, probe_in_child
 from deqbench.experiments.registry import Job
 from deqbench.experiments.runtime import DivergenceError, data_source_label, seed_everything, sync
 from deqbench.experiments.settings import settings_hash, to_plain
@@ -36,7 +37,7 @@ from deqbench.inputopt.baselines import pgd
 from deqbench.inputopt.jiio import JIIOResult, jiio
 from deqbench.models.mdeq import MDEQClassifier
 from deqbench.tasks.jiio_adversarial.settings import (
-    EvaluateJob, JIOAttack, Network, PGDParams, PrepareJob, TimingJob, TrainJob,
+    EvaluateJob, JIOAttack, MemoryJob, Network, PGDParams, PrepareJob, TimingJob, TrainJob,
 )
 
 # ----------------------------------------------------------------------------- data and model
@@ -111,20 +112,24 @@ def pgd_perturbation(model: MDEQClassifier, images: Tensor, labels: Tensor, net:
 
 
 def jio_attack(model: MDEQClassifier, images: Tensor, labels: Tensor, net: Network, attack: JIOAttack, eps: float,
-               jac_reg: int = 0, scale: float = 1.0) -> JIIOResult:
+               jac_reg: int = 0, scale: float = 1.0, backward: str = "mu") -> JIIOResult:
     """JIIO on the augmented (z, mu, delta) system with the inner cost -CE (eq. 26) in the L2 ball of radius
     ``scale * eps``, with input steps alpha_x scaled alike; ``jac_reg``: Hutchinson probes of the Jacobian
-    regulariser at a random trajectory iterate (0: none)."""
+    regulariser at a random trajectory iterate (0: none); ``backward``: the parameter gradient of a loss at z* from
+    mu* (eq. 19, the paper) or from an adjoint solve warm-started at mu* ("ift")."""
     options: dict[str, Any] = {}
     if attack.alpha_x_late is not None:
         options.update(alpha_x_late=scale * attack.alpha_x_late, alpha_x_switch=attack.alpha_x_switch)
     a_z, a_mu, a_x = attack.alpha
     if jac_reg:
         options.update(jac_reg="trajectory", jac_reg_probes=jac_reg)
+    if backward == "ift":
+        options["backward_options"] = net.solver.backward_options(net.cuda_graph)
     return jiio(model.layer_fn(images), model.cost_fn(labels), model.z0(images), torch.zeros_like(images),
                 max_iter=attack.iterations, alpha=(a_z, a_mu, scale * a_x), method="anderson",
                 solver_options={"m": attack.memory, "kind": attack.anderson_kind}, projection="l2", eps=scale * eps,
-                normalized_step=True, selection=attack.selection, backward="mu", cuda_graph=net.cuda_graph, **options)
+                normalized_step=True, selection=attack.selection, backward=backward, cuda_graph=net.cuda_graph,
+                **options)
 
 
 # ----------------------------------------------------------------------------- training
@@ -137,7 +142,7 @@ def training_step(model: MDEQClassifier, images: Tensor, labels: Tensor, job: Tr
     lam = job.jac_reg
     if job.method == "jio":
         result = jio_attack(model, images, labels, job.net, job.jio, eps, jac_reg=job.jac_probes if lam > 0 else 0,
-                            scale=scale)
+                            scale=scale, backward=job.jio_backward)
         ce = F.cross_entropy(model.logits(result.z), labels)
         loss = ce + lam * result.jac_loss if result.jac_loss is not None else ce
         return StepOutput(loss, {"ce": ce.detach(), "residual": result.residual.mean()}, result.residual)
@@ -187,7 +192,10 @@ def train(job: TrainJob, data: dict[str, Any], eps: float, seed: int, out: str |
                "num_parameters": model.num_parameters(), "epochs": batches.epochs(steps),
                "warm_start": str(init) if job.warm_start_steps is not None else None, "steps": steps,
                "inner_attack": (f"PGD-{job.pgd.steps} (step {job.pgd.step_size:g} x eps)" if job.pgd is not None else
-                                f"JIO-{job.jio.iterations}" if job.jio is not None else None),
+                                f"JIO-{job.jio.iterations}" + (", adjoint solve" if job.jio_backward == "ift" else "")
+                                if job.jio is not None else None),
+               "inner_iterations": (job.pgd.steps if job.pgd is not None else
+                                    job.jio.iterations if job.jio is not None else 0),
                "lr": job.lr, "lr_schedule": job.lr_schedule}
     meta = {"in_channels": in_channels, "num_classes": num_classes, "model_settings": to_plain(job.net.model)}
     return fit(key=key, model=model, optimizer=optimizer, step_fn=step_fn, loop=loop, out_path=out,
@@ -310,6 +318,51 @@ def time_attacks(job: TimingJob, data: dict[str, Any], device: torch.device, pro
     return rows
 
 
+# ----------------------------------------------------------------------------- memory (appendix C.6)
+
+
+MEMORY_METHODS = ("pgd", "jio")
+
+
+def attack_memory(job: MemoryJob, data: dict[str, Any], method: str, device: torch.device) -> dict[str, Any]:
+    """Peak working memory of one test attack (PGD with ``attack.pgd.steps`` or JIO with ``attack.jio.iterations``)
+    on the first ``memory.batch_size`` test images (repeated if fewer), with a fresh seed-0 model: both run fixed
+    iteration counts, so their memory does not depend on the weights."""
+    if method not in MEMORY_METHODS:
+        raise ConfigError(f"memory probe --method must be one of {list(MEMORY_METHODS)}, got {method!r}")
+    batch = job.memory.batch_size
+    images_all, labels_all = data["test"]["images"], data["test"]["labels"]
+    repeat = -(-batch // len(labels_all))
+    images = images_all.repeat(repeat, 1, 1, 1)[:batch].to(device)
+    labels = labels_all.repeat(repeat)[:batch].to(device)
+    seed_everything(0)
+    model = build_model(job.net, images.shape[1], data["meta"]["num_classes"]).to(device).eval()
+    reset_norms(model)
+    scale = input_scale(job.net, data["meta"])
+    eps = job.memory.eps
+    if method == "pgd":
+        with torch.enable_grad():
+            measured = peak_memory(lambda: pgd_perturbation(model, images, labels, job.net, job.attack.pgd, eps, scale),
+                                   device)
+        iterations = job.attack.pgd.steps
+    else:
+        with torch.no_grad():
+            measured = peak_memory(lambda: jio_attack(model, images, labels, job.net, job.attack.jio, eps, scale=scale),
+                                   device)
+        iterations = job.attack.jio.iterations
+    return {"method": method, "iterations": iterations, "batch_size": batch, "eps": eps, "eps_used": scale * eps,
+            **measured}
+
+
+def measure_attack_memory(job: Job) -> list[dict[str, Any]]:
+    """PGD vs JIO peak memory: on CUDA in this process, on the CPU each in a fresh child process."""
+    if job.device.type == "cuda":
+        data = load_artifact(job.args.data, job.device)
+        return [attack_memory(job.settings, data, m, job.device) for m in MEMORY_METHODS]
+    return [probe_in_child(job, "jiio_adversarial", "memory-probe", ["--data", job.args.data, "--method", m])
+            for m in MEMORY_METHODS]
+
+
 # ----------------------------------------------------------------------------- stages
 
 
@@ -334,6 +387,21 @@ def run_evaluate(job: Job) -> None:
     result["provenance"] = job.provenance(seeds=[result["train"]["seed"]])
     atomic_write_json(a.out, result)
     print(f"{a.checkpoint}: {result['accuracy']}")
+
+
+def run_memory(job: Job) -> None:
+    data = load_artifact(job.args.data)
+    rows = measure_attack_memory(job)
+    atomic_write_json(job.args.out, {"rows": rows, "data_source": data_source_label(data["meta"]),
+                                     "provenance": job.provenance(seeds=[0])})
+    for row in rows:
+        print(f"{row['method']}-{row['iterations']} batch {row['batch_size']}: {row['peak_gib']:.4f} GiB "
+              f"({row['measure']})")
+
+
+def run_memory_probe(job: Job) -> None:
+    result = attack_memory(job.settings, load_artifact(job.args.data), job.args.method, job.device)
+    print(json.dumps(result))
 
 
 def run_timing(job: Job) -> None:

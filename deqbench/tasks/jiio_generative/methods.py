@@ -37,7 +37,8 @@ def build_model(arch: Architecture, channels: int) -> nn.Module:
         return MDEQGenerator(generator)
     kind = "vae" if arch.kind == "mdeq_vae" else "ae"
     encoder = arch.encoder.config(channels, arch.latent_dim * (2 if kind == "vae" else 1))
-    return MDEQAutoencoder(kind, encoder, generator)
+    # MDEQ-AE standardises its code (our choice, recorded in the model description): see MDEQAutoencoder.
+    return MDEQAutoencoder(kind, encoder, generator, code_norm=kind == "ae")
 
 
 def generator_of(model: nn.Module) -> MDEQGenerator:
@@ -55,9 +56,11 @@ def to_model_range(images_uint8: Tensor, device: torch.device) -> Tensor:
 def jiio_reconstruct(gen: MDEQGenerator, observed: Tensor, mask: Tensor | None, solve: JIIOSolve,
                      jac_probes: int = 0, backward: str = "none",
                      backward_options: dict[str, Any] | None = None,
-                     history_dtype: str | None = None) -> JIIOResult:
+                     history_dtype: str | None = None, method: str = "anderson",
+                     solver_options: dict[str, Any] | None = None) -> JIIOResult:
     """JIIO on ``min_{x,z: z=f(z,x)} ||mask (h(z) - observed)||^2`` (eq. 20 / 22) from z = 0, x = 0;
-    ``history_dtype="bfloat16"`` keeps the Anderson history in bf16 (appendix C.6 memory)."""
+    ``history_dtype="bfloat16"`` keeps the Anderson history in bf16 (appendix C.6 memory); ``method`` and
+    ``solver_options`` replace the settings' Anderson accelerator (Figure 4 compares accelerators)."""
     gen.prepare()
     b = observed.shape[0]
     options: dict[str, Any] = {}
@@ -68,8 +71,9 @@ def jiio_reconstruct(gen: MDEQGenerator, observed: Tensor, mask: Tensor | None, 
     if backward_options is not None:
         options["backward_options"] = backward_options
     return jiio(gen.layer, gen.cost_fn(observed, mask), gen.z0(b, observed), observed.new_zeros(b, gen.config.latent_dim),
-                max_iter=solve.iterations, alpha=solve.alpha, method="anderson",
-                solver_options={"m": solve.memory, "kind": solve.anderson_kind, "history_dtype": history_dtype},
+                max_iter=solve.iterations, alpha=solve.alpha, method=method,
+                solver_options=solver_options if solver_options is not None else
+                {"m": solve.memory, "kind": solve.anderson_kind, "history_dtype": history_dtype},
                 selection=solve.selection,
                 cuda_graph=solve.cuda_graph, backward=backward, **options)
 

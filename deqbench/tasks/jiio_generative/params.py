@@ -77,6 +77,7 @@ class TrainParams:
     batch_size: PositiveInt
     steps: PositiveInt  # generation (reconstruct) models
     inverse_steps: PositiveInt  # models trained on an inverse problem
+    inverse_steps_by_model: Mapping[str, PositiveInt]  # per-model overrides of inverse_steps (stand-in budgets)
     jac_reg: Mapping[str, NonNegativeFloat]  # per JIIO model
     vae_kl_warmup_epochs: NonNegativeInt
     checkpoint_every: PositiveInt
@@ -142,11 +143,20 @@ class TimingParams:
     warmup: NonNegativeInt
     trace_batch: PositiveInt  # Figure 3's curves come from this batch size
     memory_batch: PositiveInt  # appendix C.6
+    distinct_examples: PositiveInt  # Table 3 time per example over up to this many distinct test images (paper: 200)
+
+
+@dataclass(frozen=True)
+class AccelerationParams:
+    """Figure 4 (appendix A.2): Broyden vs Anderson Type-I / Type-II inside JIIO on the MDEQ-VAE decoder."""
+
+    images: PositiveInt  # the first N test images are reconstructed (in batches of eval.batch_size)
 
 
 @dataclass(frozen=True)
 class GenerativeParams:
-    """JIIO paper sections 4.1-4.2, appendix C: generative modelling and inverse problems (Tables 1, 3, 4)."""
+    """JIIO paper sections 4.1-4.2, appendix A.2, C: generative modelling and inverse problems (Tables 1, 3, 4,
+    Figures 3 and 4)."""
 
     dataset: FacesParams
     flip: bool  # random horizontal flips in training (C.1)
@@ -161,3 +171,4 @@ class GenerativeParams:
     problems: Mapping[str, InpaintParams | DenoiseParams]
     eval: EvalParams
     timing: TimingParams
+    acceleration: AccelerationParams

@@ -193,6 +193,18 @@ class TimingJob:
 
 
 @dataclass(frozen=True)
+class AccelerationJob:
+    """Figure 4 (appendix A.2): JIIO with each accelerator on the decoder of ``arch`` (the MDEQ-VAE); every
+    accelerator gets ``jiio``'s iterations, step sizes and memory."""
+
+    arch: Architecture
+    jiio: JIIOSolve
+    images: int
+    batch_size: int
+    device: str
+
+
+@dataclass(frozen=True)
 class TableJob:
     table: str
     problems: tuple[str, ...]
@@ -255,10 +267,15 @@ class GenerativeSettings:
         if kind.trains_on == "inverse" and prob.kind == "none":
             raise ConfigError(f"{model} is a supervised inverse-problem model (eq. 23): give an inverse problem")
         jiio = kind.family == "jiio"
+        unknown = sorted(set(t.inverse_steps_by_model) - set(MODELS))
+        if unknown:
+            raise ConfigError(f"profiles.{self.info.name}.jiio_generative.train.inverse_steps_by_model: unknown "
+                              f"model(s) {unknown}; known: {list(MODELS)}")
         if jiio and model not in t.jac_reg:
             raise ConfigError(f"profiles.{self.info.name}.jiio_generative.train.jac_reg: no entry for {model!r}")
         return TrainJob(self.architecture(model), prob, self.params.flip, t.lr, t.lr_min, t.batch_size,
-                        t.steps if prob.kind == "none" else t.inverse_steps, t.checkpoint_every, t.log_every,
+                        t.steps if prob.kind == "none" else t.inverse_steps_by_model.get(model, t.inverse_steps),
+                        t.checkpoint_every, t.log_every,
                         self.params.solver if kind.family == "mdeq_autoencoder" or (jiio and prob.kind != "none") else None,
                         self.jiio(kind.jiio_iterations) if jiio else None, t.jac_reg.get(model, 0.0),
                         self.params.jiio.jac_probes, t.vae_kl_warmup_epochs if model == "mdeq_vae" else None,
@@ -299,6 +316,10 @@ class GenerativeSettings:
         return TimingJob(self.architecture("jiio40"), self.adam("jiio40"), self.jiio(40),
                          self.jiio(self.params.jiio.test_iterations), self.params.timing, self.params.eval.limit,
                          self.info.device)
+
+    def acceleration(self) -> AccelerationJob:
+        return AccelerationJob(self.architecture("mdeq_vae"), self.jiio(self.params.jiio.test_iterations),
+                               self.params.acceleration.images, self.params.eval.batch_size, self.info.device)
 
     def table(self, name: str) -> TableJob:
         return TableJob(name, tuple(self.params.problems) if name == "table4" else (), self.info.name,
