@@ -270,3 +270,23 @@ def test_attack_memory_is_measured_per_method_and_tabled_with_the_papers_values(
     built = MEMORY_ADVERSARIAL.build(table_job, [str(path)])
     assert [r["jio_over_pgd"] for r in built.rows] == [1.5, 1.5]
     assert [r["paper_gb"] for r in built.rows] == [2.15, 2.19]
+
+
+def test_jio_training_gradient_from_mu_or_an_adjoint_solve(adv, data):
+    """train.jio_backward: eq. 19's mu* (no second solve) or an IFT adjoint solve warm-started at mu*; both give
+    finite parameter gradients, the same loss value and the same head gradient (the head does not see the solve)."""
+    images, labels = data["train"]["images"][:8], data["train"]["labels"][:8]
+    grads, losses = {}, {}
+    for backward in ("mu", "ift"):
+        job = settings(train={"jio_backward": backward, "jac_reg": 0.0}).train("mnist", "jio")
+        assert job.jio_backward == backward
+        torch.manual_seed(0)
+        model = task.build_model(job.net, 1, 10)
+        out = task.training_step(model, images, labels, job, 1.0)
+        out.loss.backward()
+        losses[backward] = float(out.loss)
+        grads[backward] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        assert all(torch.isfinite(g).all() for g in grads[backward].values())
+    assert losses["mu"] == pytest.approx(losses["ift"])
+    assert torch.allclose(grads["mu"]["head.classifier.weight"], grads["ift"]["head.classifier.weight"])
+    assert settings(train={"jio_backward": "ift"}).train("mnist", "pgd").jio_backward == "mu"  # JIO training only
