@@ -11,7 +11,6 @@ lowest cost in 100 iterations, Type-II is smoother but plateaus higher, Broyden 
 from __future__ import annotations
 
 import math
-import textwrap
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -122,9 +121,7 @@ def _draw_figure4(rows: list[dict[str, Any]], png: Path, caption: str) -> None:
         ax.set_ylabel(label)
         ax.set_yscale("log")
         ax.legend()
-    fig.suptitle(textwrap.fill(caption.split(" Paper columns:")[0], 170), fontsize=7)
-    fig.tight_layout()
-    _save_figure(fig, png)
+    _save_figure(fig, png, caption.split(" Paper columns:")[0])
 
 
 FIGURE4 = TableSpec(

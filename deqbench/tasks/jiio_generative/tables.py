@@ -119,9 +119,12 @@ def _tile(images: Tensor) -> np.ndarray:
     return torch.cat([torch.cat((im, p), dim=2) for im, p in zip(x, pad)], dim=2).permute(1, 2, 0).numpy()
 
 
-def _save_figure(fig: Any, png: Path) -> None:
+def _save_figure(fig: Any, png: Path, title: str, width: int = 170, fontsize: int = 7) -> None:
+    """Title the figure with (the start of) its caption, lay it out and write the PNG atomically."""
     import matplotlib.pyplot as plt
 
+    fig.suptitle(textwrap.fill(title, width), fontsize=fontsize)
+    fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     tmp = png.with_name(f".{png.name}.tmp.png")
     fig.savefig(tmp, dpi=110)
@@ -162,9 +165,7 @@ def _draw_table4(rows: list[dict[str, Any]], png: Path, caption: str) -> None:
                     load_artifact(r["_examples"])["recovered"])
                    for r in cells if r["task"] != "reference"]
         _image_panel(ax, strips, problem)
-    fig.suptitle(textwrap.fill(caption.split(" Rows of task")[0], 200), fontsize=6)
-    fig.tight_layout()
-    _save_figure(fig, png)
+    _save_figure(fig, png, caption.split(" Rows of task")[0], 200, 6)
 
 
 def _draw_table1(rows: list[dict[str, Any]], png: Path, caption: str) -> None:
@@ -182,9 +183,7 @@ def _draw_table1(rows: list[dict[str, Any]], png: Path, caption: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(9, 0.6 * (len(rows) + 2)), squeeze=False)
     _image_panel(axes[0][0], recon, "reconstructions of test images")
     _image_panel(axes[0][1], samples, "samples")
-    fig.suptitle(textwrap.fill(caption.split(" `swd_*`")[0], 160), fontsize=6)
-    fig.tight_layout()
-    _save_figure(fig, png)
+    _save_figure(fig, png, caption.split(" `swd_*`")[0], 160, 6)
 
 
 # ----------------------------------------------------------------------------- Table 1
@@ -400,9 +399,7 @@ def _draw_figure3(rows: list[dict[str, Any]], png: Path, caption: str) -> None:
         ax.set_yscale("log")
         ax.set_title(panel, fontsize=9)
         ax.legend()
-    fig.suptitle(textwrap.fill(caption.split(" Paper columns:")[0], 170), fontsize=7)
-    fig.tight_layout()
-    _save_figure(fig, png)
+    _save_figure(fig, png, caption.split(" Paper columns:")[0])
 
 
 FIGURE3 = TableSpec(
