@@ -17,6 +17,7 @@ configfile: "params.yaml"
 include: "pipelines/common.smk"
 include: "pipelines/jiio_adversarial.smk"
 include: "pipelines/jiio_generative.smk"
+include: "pipelines/moptqs.smk"
 include: "pipelines/claims.smk"
 
 

@@ -115,6 +115,21 @@ def test_generative_tables_and_figure(smoke):
     assert all(r["final_cost"] and "embedded stand-in" in r["data_source"] for r in accel)
 
 
+def test_moptqs_tables_and_figure(smoke):
+    table1a = rows(smoke / "results/moptqs_table1a.csv")
+    ours = [r for r in table1a if r["row_source"] == "ours"]
+    assert [r["model"] for r in ours] == ["Parallel-OptEqs", "POptEqs(sum)", "POptEqs(conv)", "MOptEqs (w/o PE)",
+                                          "MOptEqs"]
+    for row in ours:
+        assert 0.0 <= float(row["accuracy_mean"]) <= 100.0 and row["paper_accuracy"] and int(row["num_parameters"]) > 0
+        assert "embedded stand-in" in row["data_source"] and "spectral" in row["choices"]
+    assert all(r["accuracy_mean"] == "" and r["paper_accuracy"] for r in table1a if r["row_source"] != "ours")
+    assert [r["model"] for r in rows(smoke / "results/moptqs_table3.csv")] == ["MOptEqs", "- D", "- H", "- D, H"]
+    curves = rows(smoke / "results/moptqs_figure4.csv")
+    assert len({r["model_key"] for r in curves}) == 3 and all(float(r["residual_median"]) >= 0 for r in curves)
+    assert (smoke / "results/moptqs_figure4.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_claims_ledger(smoke):
     ledger = rows(smoke / "results/claims.csv")
     by_id = {r["id"]: r for r in ledger}

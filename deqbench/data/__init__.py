@@ -1,4 +1,4 @@
-"""Image-classification datasets for the JIIO adversarial-robustness experiments.
+"""Image-classification datasets for the JIIO adversarial-robustness and MOptEqs experiments.
 
 >>> from deqbench.data import load_dataset
 >>> train = load_dataset("digits28", "train")          # embedded, offline
@@ -9,14 +9,21 @@ Every loader returns a :class:`LabeledImages` with ``images`` ``(N, C, H, W)``
 float32 in ``[0, 1]`` (no normalisation) and ``labels`` ``(N,)`` int64.
 Nothing is ever downloaded.
 
-=====================  ========  ===============  ==========================================
-name                   real?     shape            where the data comes from
-=====================  ========  ===============  ==========================================
-``mnist``              real      (1, 28, 28)      ``<root>/MNIST/raw/*-ubyte[.gz]`` (IDX)
-``cifar10``            real      (3, 32, 32)      ``<root>/cifar-10-batches-py/`` (pickles)
-``digits28``           stand-in  (1, 28, 28)      scikit-learn ``load_digits()`` (for mnist)
-``sample-patches32``   stand-in  (3, 32, 32)      photos in sklearn/skimage (for cifar10)
-=====================  ========  ===============  ==========================================
+=======================  ========  ===============  ========  ================================================
+name                     real?     shape            classes   where the data comes from
+=======================  ========  ===============  ========  ================================================
+``mnist``                real      (1, 28, 28)      10        ``<root>/MNIST/raw/*-ubyte[.gz]`` (IDX)
+``cifar10``              real      (3, 32, 32)      10        ``<root>/cifar-10-batches-py/`` (pickles)
+``cifar100``             real      (3, 32, 32)      100       ``<root>/cifar-100-python/{train,test}`` (pickles)
+``imagenette``           real      (3, 256, 256)    10        ``<root>/imagenette2/{train,val}/<wnid>/*.JPEG``
+``digits28``             stand-in  (1, 28, 28)      10        scikit-learn ``load_digits()`` (for mnist)
+``sample-patches32``     stand-in  (3, 32, 32)      10        photos in sklearn/skimage (for cifar10)
+``sample-patches32-40``  stand-in  (3, 32, 32)      40        the same photos, 4 bands each (for cifar100)
+``sample-patches64``     stand-in  (3, 64, 64)      10        the same photos, larger (for imagenette)
+=======================  ========  ===============  ========  ================================================
+
+``imagenette`` is 256 px by default (the paper's input size; option
+``image_size``), and its ``test`` split reads ``val/``.
 
 ``root`` defaults to ``$DEQBENCH_DATA``, else ``./data``.  Missing real files
 raise :class:`DatasetNotFoundError` naming each expected path and how to get
@@ -26,7 +33,7 @@ exact file formats, preprocessing and split rules.
 Options common to every dataset: ``limit`` (keep the first ``limit`` examples
 after a shuffle with ``numpy.random.default_rng(limit_seed)``, default
 ``limit_seed=0``).  Per-dataset options are listed in ``DATASETS[name].options``
-(e.g. ``train_per_class``/``test_per_class`` for ``sample-patches32``).
+(e.g. ``train_per_class``/``test_per_class`` for ``sample-patches32``, ``image_size`` for ``imagenette``).
 """
 
 from __future__ import annotations
@@ -42,8 +49,14 @@ if TYPE_CHECKING:
     import torch
 
 from ._common import DEFAULT_ROOT_ENV, DatasetNotFoundError, LabeledImages, resolve_root
-from .embedded import PATCH_SOURCES, load_digits28, load_sample_patches32
-from .real import load_cifar10, load_mnist
+from .embedded import (
+    PATCH_SOURCES,
+    load_digits28,
+    load_sample_patches32,
+    load_sample_patches32_40,
+    load_sample_patches64,
+)
+from .real import load_cifar10, load_cifar100, load_imagenette, load_mnist
 
 __all__ = [
     "LabeledImages",
@@ -103,6 +116,21 @@ DATASETS: dict[str, DatasetSpec] = {
             ** 0.5,  # per-channel means and stds: 29.7
         ),
         DatasetSpec(
+            "cifar100", load_cifar100, (3, 32, 32), 100,
+            "CIFAR-100 (fine labels) from the python pickles <root>/cifar-100-python/{train,test} (+ meta for the "
+            "class names); 50000 train / 10000 test", label="CIFAR-100",
+            rms_norm=(32 * 32 * sum(m * m + v * v for m, v in ((0.5071, 0.2673), (0.4865, 0.2564), (0.4409, 0.2762))))
+            ** 0.5,  # per-channel means and stds: 30.4
+        ),
+        DatasetSpec(
+            "imagenette", load_imagenette, (3, 256, 256), 10,
+            "ImageNette, the full-size imagenette2 folder <root>/imagenette2/{train,val}/<wnid>/*.JPEG in ImageFolder "
+            "order; shorter side resized to image_size then centre-cropped to image_size (default 256); "
+            "9469 train / 3925 test (= val)", label="ImageNette", options={"image_size": 256},
+            rms_norm=(256 * 256 * sum(m * m + v * v for m, v in ((0.485, 0.229), (0.456, 0.224), (0.406, 0.225))))
+            ** 0.5,  # ImageNet per-channel means and stds, at 256 px: 223.4
+        ),
+        DatasetSpec(
             "digits28", load_digits28, (1, 28, 28), 10,
             "embedded MNIST stand-in: scikit-learn's 1797 8x8 digits, bilinear-resized to 28x28; "
             "stratified 80/20 split (1437 train / 360 test)",
@@ -115,6 +143,23 @@ DATASETS: dict[str, DatasetSpec] = {
             stand_in_for="cifar10", embedded=True,
             options={"train_per_class": 400, "test_per_class": 100, "seed": 0, "train_fraction": 0.7,
                      "short_side": 128, "min_std": 0.02},
+        ),
+        DatasetSpec(
+            "sample-patches32-40", load_sample_patches32_40, (3, 32, 32), 40,
+            "embedded CIFAR-100 stand-in: 32x32 patches of the same 10 photographs (shorter side 256 px), each cut "
+            "into 4 horizontal bands, class = (photo, band); train from the left 70% of each band, test from the "
+            "right 30% (8000 train / 2000 test)",
+            stand_in_for="cifar100", embedded=True,
+            options={"train_per_class": 200, "test_per_class": 50, "seed": 0, "train_fraction": 0.7,
+                     "short_side": 256, "min_std": 0.02},
+        ),
+        DatasetSpec(
+            "sample-patches64", load_sample_patches64, (3, 64, 64), 10,
+            "embedded ImageNette stand-in: 64x64 patches of the same 10 photographs (shorter side 256 px), class = "
+            "source photo; train from the left 70% of each photo, test from the right 30% (3000 train / 750 test)",
+            stand_in_for="imagenette", embedded=True,
+            options={"train_per_class": 300, "test_per_class": 75, "seed": 0, "train_fraction": 0.7,
+                     "short_side": 256, "min_std": 0.02},
         ),
     )
 }

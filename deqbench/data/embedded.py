@@ -1,4 +1,4 @@
-"""Offline stand-ins for MNIST and CIFAR-10 built from real data shipped in installed wheels.
+"""Offline stand-ins for MNIST, CIFAR-10, CIFAR-100 and ImageNette built from real data shipped in installed wheels.
 
 ``digits28`` (MNIST stand-in)
     scikit-learn's ``load_digits()``: 1797 real 8x8 handwritten digits (a copy
@@ -24,7 +24,26 @@
     >= 0.02 (drops flat patches, e.g. uniform sky), with
     ``numpy.random.default_rng([seed, class, split])``.  Default 400 train and
     100 test patches per class (4000 / 1000); the examples are then put in a
-    fixed pseudo-random order.
+    fixed pseudo-random order (``numpy.random.default_rng([seed, 10000 + split])``).
+
+``sample-patches32-40`` (CIFAR-100 stand-in)
+    The same recipe with 40 classes: each photograph, resized to shorter side
+    256 px, has its rows split into 4 equal horizontal bands (:func:`band_rows`)
+    and class = ``4 * photo + band`` (class names ``"<photo>-band<b>"``, band 0
+    on top).  A patch lies entirely inside its band, so no pixel is shared
+    between classes, and the train/test column cut applies within each band.
+    Default 200 train and 50 test patches per class (8000 / 2000).  The ten
+    photos are all the distinct colour photographs physically present in the
+    wheels (the other files in ``skimage/data`` are greyscale, synthetic, or
+    the stereo twin of ``motorcycle_left``), hence bands rather than photos.
+
+``sample-patches64`` (ImageNette stand-in)
+    The ``sample-patches32`` recipe with 64x64 patches from the photographs
+    resized to shorter side 256 px, so a patch covers about the same share of
+    a photo as a 32 px patch at 128 px while carrying 4x the pixels.  10
+    classes, default 300 train and 75 test patches per class (3000 / 750).  The
+    real ImageNette is used at 256 px: the models' stem downsampling is
+    configured by the task, not here.
 """
 
 from __future__ import annotations
@@ -40,7 +59,17 @@ import torch.nn.functional as F
 
 from ._common import LabeledImages
 
-__all__ = ["load_digits28", "load_sample_patches32", "PATCH_SOURCES", "PatchSource"]
+__all__ = [
+    "load_digits28",
+    "load_sample_patches32",
+    "load_sample_patches32_40",
+    "load_sample_patches64",
+    "PATCH_SOURCES",
+    "PATCH_TASKS",
+    "PatchSource",
+    "PatchTask",
+    "band_rows",
+]
 
 _SPLIT_ID = {"train": 0, "test": 1}
 
@@ -85,12 +114,12 @@ def load_digits28(split: str, root: Path | None = None, *, seed: int = 0, test_f
     )
 
 
-# --------------------------------------------------------------------------- sample-patches32
+# --------------------------------------------------------------------------- photo-patch datasets
 
 
 @dataclass(frozen=True)
 class PatchSource:
-    """One class of ``sample-patches32``: a photograph bundled in a wheel."""
+    """One photograph bundled in a wheel (one class of ``sample-patches32``)."""
 
     name: str  # class name
     package: str  # importable package holding the file
@@ -103,7 +132,9 @@ class PatchSource:
         top, *sub = self.package.split(".")
         spec = importlib.util.find_spec(top)
         if spec is None or not spec.submodule_search_locations:
-            raise ModuleNotFoundError(f"sample-patches32 needs the {top!r} package installed (for {self.filename})")
+            raise ModuleNotFoundError(
+                f"the photo-patch datasets need the {top!r} package installed (for {self.filename})"
+            )
         return Path(list(spec.submodule_search_locations)[0]).joinpath(*sub, self.filename)
 
 
@@ -121,7 +152,35 @@ PATCH_SOURCES: tuple[PatchSource, ...] = (
     PatchSource("motorcycle", "skimage.data", "motorcycle_left.png", "skimage.data.stereo_motorcycle()[0]"),
 )
 
-PATCH = 32
+
+@dataclass(frozen=True)
+class PatchTask:
+    """How one photo-patch dataset is cut from :data:`PATCH_SOURCES`."""
+
+    name: str  # registry name
+    patch: int  # patch side in px
+    bands: int  # horizontal bands per photo; class = bands * photo + band
+    stand_in_for: str  # the real dataset it replaces
+    real_label: str  # how its source string names that dataset
+
+    @property
+    def num_classes(self) -> int:
+        return self.bands * len(PATCH_SOURCES)
+
+    def class_names(self) -> tuple[str, ...]:
+        if self.bands == 1:
+            return tuple(s.name for s in PATCH_SOURCES)
+        return tuple(f"{s.name}-band{b}" for s in PATCH_SOURCES for b in range(self.bands))
+
+
+PATCH_TASKS: dict[str, PatchTask] = {
+    task.name: task
+    for task in (
+        PatchTask("sample-patches32", 32, 1, "cifar10", "CIFAR-10"),
+        PatchTask("sample-patches32-40", 32, 4, "cifar100", "CIFAR-100"),
+        PatchTask("sample-patches64", 64, 1, "imagenette", "ImageNette"),
+    )
+}
 
 
 def _read_rgb(src: PatchSource) -> np.ndarray:
@@ -130,7 +189,7 @@ def _read_rgb(src: PatchSource) -> np.ndarray:
     path = src.path()
     if not path.is_file():
         raise FileNotFoundError(
-            f"sample-patches32 needs {src.filename} from the {src.package} package, expected at {path}; "
+            f"the photo-patch datasets need {src.filename} from the {src.package} package, expected at {path}; "
             f"reinstall {src.package.split('.')[0]} from a standard wheel, which bundles it"
         )
     with Image.open(path) as im:
@@ -153,6 +212,12 @@ def _resized_sources(short_side: int) -> tuple[np.ndarray, ...]:
     return tuple(out)
 
 
+@functools.lru_cache(maxsize=8)
+def _source_stds(short_side: int, p: int) -> tuple[np.ndarray, ...]:
+    """:func:`_patch_std` of each resized photo, shared by all bands and both splits."""
+    return tuple(_patch_std(img, p) for img in _resized_sources(short_side))
+
+
 def _patch_std(img: np.ndarray, p: int) -> np.ndarray:
     """Pixel std (over all channels) of every ``p x p`` window, via integral images: ``(H-p+1, W-p+1)``."""
     x = img.astype(np.float64) / 255.0
@@ -168,29 +233,101 @@ def _patch_std(img: np.ndarray, p: int) -> np.ndarray:
     return np.sqrt(np.maximum(var, 0.0))
 
 
+def band_rows(height: int, bands: int, band: int) -> tuple[int, int]:
+    """Rows ``[r0, r1)`` of horizontal band ``band`` of ``bands`` equal bands of an image ``height`` px tall."""
+    return band * height // bands, (band + 1) * height // bands
+
+
 def _draw_patches(
-    img: np.ndarray, split: str, n: int, *, cls: int, seed: int, train_fraction: float, min_std: float
+    img: np.ndarray, std: np.ndarray, split: str, n: int, *, task: PatchTask, cls: int, seed: int,
+    train_fraction: float, min_std: float,
 ) -> np.ndarray:
+    """``n`` patches ``(n, 3, p, p)`` of class ``cls`` from photo ``img``, whose window stds are ``std``."""
     _, h, w = img.shape
+    p = task.patch
+    r0, r1 = band_rows(h, task.bands, cls % task.bands)
     cut = int(np.floor(train_fraction * w))
     lo, hi = (0, cut) if split == "train" else (cut, w)  # the patch must lie in columns [lo, hi)
-    name = PATCH_SOURCES[cls].name
-    if hi - lo < PATCH or h < PATCH:
+    name = task.class_names()[cls]
+    if hi - lo < p or r1 - r0 < p:
         raise ValueError(
-            f"sample-patches32: the {split} region of '{name}' is {h}x{hi - lo} px, smaller than {PATCH}x{PATCH}; "
+            f"{task.name}: the {split} region of '{name}' is {r1 - r0}x{hi - lo} px, smaller than {p}x{p}; "
             f"change train_fraction ({train_fraction}) or short_side"
         )
-    std = _patch_std(img, PATCH)[:, lo : hi - PATCH + 1]
-    ys, xs = np.nonzero(std >= min_std)
+    ys, xs = np.nonzero(std[r0 : r1 - p + 1, lo : hi - p + 1] >= min_std)
     if n > len(ys):
         raise ValueError(
-            f"sample-patches32: asked for {n} {split} patches of '{name}' but its {split} region has only "
+            f"{task.name}: asked for {n} {split} patches of '{name}' but its {split} region has only "
             f"{len(ys)} distinct positions with std >= {min_std}"
         )
     rng = np.random.default_rng([seed, cls, _SPLIT_ID[split]])
     pick = rng.choice(len(ys), size=n, replace=False)
-    windows = np.lib.stride_tricks.sliding_window_view(img, (PATCH, PATCH), axis=(1, 2))  # (3, H', W', p, p)
-    return np.ascontiguousarray(windows[:, ys[pick], xs[pick] + lo].transpose(1, 0, 2, 3))  # (n, 3, p, p)
+    windows = np.lib.stride_tricks.sliding_window_view(img, (p, p), axis=(1, 2))  # (3, H', W', p, p)
+    return np.ascontiguousarray(windows[:, ys[pick] + r0, xs[pick] + lo].transpose(1, 0, 2, 3))  # (n, 3, p, p)
+
+
+def _load_patches(
+    task: PatchTask, split: str, *, train_per_class: int, test_per_class: int, seed: int, train_fraction: float,
+    short_side: int, min_std: float,
+) -> LabeledImages:
+    p = task.patch
+    per_class = train_per_class if split == "train" else test_per_class
+    if int(per_class) != per_class or per_class < 1:
+        raise ValueError(f"{split}_per_class must be a positive integer, got {per_class}")
+    if not 0.0 < train_fraction < 1.0:
+        raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
+    if int(short_side) != short_side or short_side < p * task.bands:
+        raise ValueError(f"short_side must be an integer >= {p * task.bands}, got {short_side}")
+    sources = _resized_sources(int(short_side))
+    stds = _source_stds(int(short_side), p)
+    chunks, labels = [], []
+    for cls in range(task.num_classes):
+        photo = cls // task.bands
+        chunks.append(
+            _draw_patches(sources[photo], stds[photo], split, int(per_class), task=task, cls=cls, seed=seed,
+                          train_fraction=train_fraction, min_std=min_std)
+        )
+        labels.append(np.full(int(per_class), cls, dtype=np.int64))
+    order = np.random.default_rng([seed, 10_000 + _SPLIT_ID[split]]).permutation(task.num_classes * int(per_class))
+    x = torch.from_numpy(np.concatenate(chunks)[order]).float().div_(255.0)
+    y = torch.from_numpy(np.concatenate(labels)[order])
+    B = task.bands
+    groups: dict[Path, list[str]] = {}
+    for k, (s, a) in enumerate(zip(PATCH_SOURCES, sources)):
+        classes = str(k) if B == 1 else f"{k * B}..{k * B + B - 1}"
+        groups.setdefault(s.path().parent, []).append(
+            f"{classes} {s.name}={s.filename} ({a.shape[1]}x{a.shape[2]} resized)"
+        )
+    listing = "; ".join(f"{', '.join(items)} [from {folder}]" for folder, items in groups.items())
+    side = "left" if split == "train" else "right"
+    if B == 1:
+        question = "which photograph is this"
+        layout = ""
+    else:
+        question = f"which photograph and which of its {B} horizontal bands is this"
+        layout = (
+            f"rows are split into {B} equal horizontal bands (band b = rows floor(b*H/{B}) to floor((b+1)*H/{B})), "
+            f"class = {B} * photo + band and a patch lies entirely inside its band; "
+        )
+    source = (
+        f"embedded {task.real_label} stand-in: {task.num_classes}-class '{question} {p}x{p} patch from' task over "
+        f"real colour photographs bundled in the scikit-learn and scikit-image wheels, classes {listing}. Each photo "
+        f"is resized (antialiased bilinear) to shorter side {short_side} px and quantised to 8 bits; {layout}"
+        f"columns are cut at floor({train_fraction} * width): train patches lie entirely left of the cut, test "
+        f"patches entirely right of it (disjoint pixels); positions uniform without replacement among windows with "
+        f"pixel std >= {min_std}, numpy default_rng([seed={seed}, class, split]); {train_per_class} train / "
+        f"{test_per_class} test per class. This is the {split} part ({side} region, {len(y)} patches)"
+    )
+    return LabeledImages(
+        images=x,
+        labels=y,
+        num_classes=task.num_classes,
+        name=task.name,
+        source=source,
+        stand_in_for=task.stand_in_for,
+        split=split,
+        class_names=task.class_names(),
+    )
 
 
 def load_sample_patches32(
@@ -204,45 +341,44 @@ def load_sample_patches32(
     short_side: int = 128,
     min_std: float = 0.02,
 ) -> LabeledImages:
-    per_class = train_per_class if split == "train" else test_per_class
-    if int(per_class) != per_class or per_class < 1:
-        raise ValueError(f"{split}_per_class must be a positive integer, got {per_class}")
-    if not 0.0 < train_fraction < 1.0:
-        raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
-    if int(short_side) != short_side or short_side < PATCH:
-        raise ValueError(f"short_side must be an integer >= {PATCH}, got {short_side}")
-    sources = _resized_sources(int(short_side))
-    chunks, labels = [], []
-    for cls, img in enumerate(sources):
-        chunks.append(
-            _draw_patches(img, split, int(per_class), cls=cls, seed=seed, train_fraction=train_fraction,
-                          min_std=min_std)
-        )
-        labels.append(np.full(int(per_class), cls, dtype=np.int64))
-    order = np.random.default_rng([seed, 10_000 + _SPLIT_ID[split]]).permutation(len(sources) * int(per_class))
-    x = torch.from_numpy(np.concatenate(chunks)[order]).float().div_(255.0)
-    y = torch.from_numpy(np.concatenate(labels)[order])
-    groups: dict[Path, list[str]] = {}
-    for k, (s, a) in enumerate(zip(PATCH_SOURCES, sources)):
-        groups.setdefault(s.path().parent, []).append(f"{k} {s.name}={s.filename} ({a.shape[1]}x{a.shape[2]} resized)")
-    listing = "; ".join(f"{', '.join(items)} [from {folder}]" for folder, items in groups.items())
-    side = "left" if split == "train" else "right"
-    source = (
-        f"embedded CIFAR-10 stand-in: 10-class 'which photograph is this 32x32 patch from' task over real colour "
-        f"photographs bundled in the scikit-learn and scikit-image wheels, classes {listing}. Each photo is resized "
-        f"(antialiased bilinear) to shorter side {short_side} px and quantised to 8 bits; columns are cut at "
-        f"floor({train_fraction} * width): train patches lie entirely left of the cut, test patches entirely right "
-        f"of it (disjoint pixels); positions uniform without replacement among windows with pixel std >= {min_std}, "
-        f"numpy default_rng([seed={seed}, class, split]); {train_per_class} train / {test_per_class} test per class. "
-        f"This is the {split} part ({side} region, {len(y)} patches)"
+    """CIFAR-10 stand-in: 32x32 patches, class = source photo (see the module docstring)."""
+    return _load_patches(
+        PATCH_TASKS["sample-patches32"], split, train_per_class=train_per_class, test_per_class=test_per_class,
+        seed=seed, train_fraction=train_fraction, short_side=short_side, min_std=min_std,
     )
-    return LabeledImages(
-        images=x,
-        labels=y,
-        num_classes=len(sources),
-        name="sample-patches32",
-        source=source,
-        stand_in_for="cifar10",
-        split=split,
-        class_names=tuple(s.name for s in PATCH_SOURCES),
+
+
+def load_sample_patches32_40(
+    split: str,
+    root: Path | None = None,
+    *,
+    train_per_class: int = 200,
+    test_per_class: int = 50,
+    seed: int = 0,
+    train_fraction: float = 0.7,
+    short_side: int = 256,
+    min_std: float = 0.02,
+) -> LabeledImages:
+    """CIFAR-100 stand-in: 32x32 patches, class = (source photo, horizontal band) (see the module docstring)."""
+    return _load_patches(
+        PATCH_TASKS["sample-patches32-40"], split, train_per_class=train_per_class, test_per_class=test_per_class,
+        seed=seed, train_fraction=train_fraction, short_side=short_side, min_std=min_std,
+    )
+
+
+def load_sample_patches64(
+    split: str,
+    root: Path | None = None,
+    *,
+    train_per_class: int = 300,
+    test_per_class: int = 75,
+    seed: int = 0,
+    train_fraction: float = 0.7,
+    short_side: int = 256,
+    min_std: float = 0.02,
+) -> LabeledImages:
+    """ImageNette stand-in: 64x64 patches, class = source photo (see the module docstring)."""
+    return _load_patches(
+        PATCH_TASKS["sample-patches64"], split, train_per_class=train_per_class, test_per_class=test_per_class,
+        seed=seed, train_fraction=train_fraction, short_side=short_side, min_std=min_std,
     )

@@ -1,4 +1,4 @@
-"""Readers for the real MNIST and CIFAR-10 files (nothing is ever downloaded).
+"""Readers for the real MNIST, CIFAR-10, CIFAR-100 and ImageNette files (nothing is ever downloaded).
 
 MNIST
     The raw IDX files in torchvision's layout, ``<root>/MNIST/raw/``:
@@ -18,6 +18,23 @@ CIFAR-10
     Unpickling is restricted to the numpy array constructors, so a tampered
     batch file cannot run code.
 
+CIFAR-100
+    The "python version", ``<root>/cifar-100-python/``: ``train`` (50000) and
+    ``test`` (10000), dicts like CIFAR-10's batches but with ``b"fine_labels"``
+    (0..99, the labels used here) and ``b"coarse_labels"`` (0..19, ignored);
+    class names from ``meta`` (``b"fine_label_names"``) when that file exists.
+    Same restricted unpickling.
+
+ImageNette
+    The full-size ``imagenette2`` folder, ``<root>/imagenette2/train/<wnid>/``
+    (9469 images) and ``<root>/imagenette2/val/<wnid>/`` (3925; our ``test``
+    split), one folder per class wnid (:data:`IMAGENETTE_CLASSES`).  Read in
+    torchvision ``ImageFolder`` order (classes = sorted wnids, files sorted,
+    ``.jpeg``/``.jpg``/``.png`` in any case) with Pillow, converted to RGB,
+    resized so the shorter side is ``image_size`` (default 256, the paper's
+    input size) and centre-cropped to ``image_size`` squared, exactly like
+    ``Resize(image_size)`` + ``CenterCrop(image_size)`` on PIL images.
+
 Images are returned as float32 ``value / 255`` in ``[0, 1]`` without any
 normalisation, labels as int64.
 """
@@ -25,7 +42,9 @@ normalisation, labels as int64.
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +52,19 @@ import torch
 
 from ._common import DatasetNotFoundError, LabeledImages
 
-__all__ = ["load_mnist", "load_cifar10", "read_idx", "MNIST_CLASSES", "CIFAR10_CLASSES"]
+__all__ = [
+    "load_mnist",
+    "load_cifar10",
+    "load_cifar100",
+    "load_imagenette",
+    "read_idx",
+    "resize_center_crop",
+    "MNIST_CLASSES",
+    "CIFAR10_CLASSES",
+    "IMAGENETTE_CLASSES",
+    "IMAGENETTE_URL",
+    "IMAGE_EXTENSIONS",
+]
 
 MNIST_CLASSES = tuple(str(i) for i in range(10))
 CIFAR10_CLASSES = (
@@ -44,6 +75,24 @@ _MNIST_PREFIX = {"train": "train", "test": "t10k"}
 _MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
 _CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 _CIFAR_FILES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
+_CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+
+IMAGENETTE_URL = "https://s3.amazonaws.com/fast-ai-imageclas/imagenette2.tgz"
+#: wnid -> readable name of the ten ImageNette classes, in label (sorted wnid) order.
+IMAGENETTE_CLASSES: dict[str, str] = {
+    "n01440764": "tench",
+    "n02102040": "English springer",
+    "n02979186": "cassette player",
+    "n03000684": "chain saw",
+    "n03028079": "church",
+    "n03394916": "French horn",
+    "n03417042": "garbage truck",
+    "n03425413": "gas pump",
+    "n03445777": "golf ball",
+    "n03888605": "parachute",
+}
+_IMAGENETTE_DIRS = {"train": "train", "test": "val"}
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -150,23 +199,34 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to unpickle global {module}.{name} from a CIFAR batch file")
 
 
-def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read_cifar_pickle(path: Path) -> dict:
+    """Unpickle a CIFAR file with :class:`_NumpyOnlyUnpickler`; keys are left as stored (bytes or str)."""
     with open(path, "rb") as f:
-        batch = _NumpyOnlyUnpickler(f, encoding="bytes").load()
-    if not isinstance(batch, dict):
-        raise ValueError(f"{path}: expected a pickled dict, got {type(batch).__name__}")
-    get = lambda key: batch[key.encode()] if key.encode() in batch else batch.get(key)  # noqa: E731
-    data, labels = get("data"), get("labels")
+        obj = _NumpyOnlyUnpickler(f, encoding="bytes").load()
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a pickled dict, got {type(obj).__name__}")
+    return obj
+
+
+def _get(mapping: dict, key: str):
+    """``mapping[b"key"]``, else ``mapping["key"]``, else None: the real files have bytes keys (Python 2 str)."""
+    return mapping[key.encode()] if key.encode() in mapping else mapping.get(key)
+
+
+def _read_cifar_batch(path: Path, *, label_key: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(data (N, 3072) uint8, labels (N,) int64)`` of one CIFAR batch; labels from ``label_key``."""
+    batch = _read_cifar_pickle(path)
+    data, labels = _get(batch, "data"), _get(batch, label_key)
     if data is None or labels is None:
-        raise ValueError(f"{path}: missing b'data' or b'labels' (keys: {sorted(map(repr, batch))})")
+        raise ValueError(f"{path}: missing b'data' or b'{label_key}' (keys: {sorted(map(repr, batch))})")
     data = np.asarray(data)
     labels = np.asarray(labels, dtype=np.int64)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise ValueError(f"{path}: b'data' must be uint8 (N, 3072), got {data.dtype} {data.shape}")
     if labels.shape != (data.shape[0],):
-        raise ValueError(f"{path}: {data.shape[0]} images but labels of shape {labels.shape}")
-    if labels.size and (labels.min() < 0 or labels.max() > 9):
-        raise ValueError(f"{path}: labels outside 0..9")
+        raise ValueError(f"{path}: {data.shape[0]} images but {label_key} of shape {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() > num_classes - 1):
+        raise ValueError(f"{path}: {label_key} outside 0..{num_classes - 1}")
     return data, labels
 
 
@@ -184,7 +244,7 @@ def load_cifar10(split: str, root: Path) -> LabeledImages:
             f"Offline alternative: the embedded stand-in, load_dataset('sample-patches32', split).",
             missing=tuple(missing),
         )
-    parts = [_read_cifar_batch(p) for p in paths]
+    parts = [_read_cifar_batch(p, label_key="labels", num_classes=10) for p in paths]
     data = np.concatenate([d for d, _ in parts])
     labels = np.concatenate([y for _, y in parts])
     x = torch.from_numpy(data.reshape(-1, 3, 32, 32).astype(np.float32)).div_(255.0)
@@ -197,4 +257,138 @@ def load_cifar10(split: str, root: Path) -> LabeledImages:
         stand_in_for=None,
         split=split,
         class_names=CIFAR10_CLASSES,
+    )
+
+
+# --------------------------------------------------------------------------- CIFAR-100
+
+
+def _cifar100_class_names(meta: Path) -> tuple[str, ...] | None:
+    """The 100 fine class names from the ``meta`` pickle, or None when the file is absent."""
+    if not meta.is_file():
+        return None
+    names = _get(_read_cifar_pickle(meta), "fine_label_names")
+    if not isinstance(names, (list, tuple)) or len(names) != 100:
+        raise ValueError(f"{meta}: expected 100 b'fine_label_names', got {type(names).__name__}")
+    return tuple(n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names)
+
+
+def load_cifar100(split: str, root: Path) -> LabeledImages:
+    """CIFAR-100 with its 100 fine labels; class names from ``meta`` when present, else None."""
+    folder = root / "cifar-100-python"
+    path = folder / ("train" if split == "train" else "test")
+    if not path.is_file():
+        raise DatasetNotFoundError(
+            f"CIFAR-100 {split} split not found: expected {path}. "
+            f"This machine is offline and nothing is downloaded at run time: on a machine with internet, download "
+            f"{_CIFAR100_URL} (or run python -c \"import torchvision; torchvision.datasets.CIFAR100('cifar-root', "
+            f"download=True)\"), extract it so that the folder cifar-100-python/ with train, test and meta "
+            f"results, and copy that folder to {folder}/ (pass root={root} or set $DEQBENCH_DATA). "
+            f"Offline alternative: the embedded stand-in, load_dataset('sample-patches32-40', split).",
+            missing=(str(path),),
+        )
+    data, labels = _read_cifar_batch(path, label_key="fine_labels", num_classes=100)
+    meta = folder / "meta"
+    class_names = _cifar100_class_names(meta)
+    x = torch.from_numpy(data.reshape(-1, 3, 32, 32).astype(np.float32)).div_(255.0)
+    names_from = f"class names from {meta}" if class_names is not None else f"no class names ({meta} absent)"
+    return LabeledImages(
+        images=x,
+        labels=torch.from_numpy(labels),
+        num_classes=100,
+        name="cifar100",
+        source=f"CIFAR-100 {split} split, python pickle {path}, b'fine_labels' (100 classes), {names_from}; "
+        f"pixels uint8/255",
+        stand_in_for=None,
+        split=split,
+        class_names=class_names,
+    )
+
+
+# --------------------------------------------------------------------------- ImageNette
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """Image files under ``folder`` in ImageFolder order: sorted ``os.walk``, names sorted, extension matched
+    case-insensitively."""
+    found = []
+    for dirpath, _, names in sorted(os.walk(folder, followlinks=True)):
+        found.extend(Path(dirpath, n) for n in sorted(names) if n.lower().endswith(IMAGE_EXTENSIONS))
+    return found
+
+
+def resize_center_crop(path: Path, size: int) -> np.ndarray:
+    """``(size, size, 3)`` uint8: ``Resize(size)`` then ``CenterCrop(size)`` as torchvision does on a PIL image.
+
+    The shorter side becomes ``size`` and the longer ``int(size * long / short)`` (truncated), with PIL's
+    bilinear filter (which antialiases when shrinking); the crop starts at ``int(round((side - size) / 2))``.
+    """
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+    w, h = im.size
+    new = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+    if new != (w, h):
+        im = im.resize(new, Image.BILINEAR)
+    left, top = int(round((new[0] - size) / 2.0)), int(round((new[1] - size) / 2.0))
+    return np.array(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+def load_imagenette(split: str, root: Path, *, image_size: int = 256) -> LabeledImages:
+    """ImageNette (full-size ``imagenette2``) at ``image_size`` px, all in memory.
+
+    Memory: float32 ``(N, 3, S, S)`` is 7.4 GB for the 9469 train images at S = 256 (3.1 GB for the 3925 val
+    images); pass a smaller ``image_size`` (e.g. 128: a quarter of that) to shrink it.
+    """
+    if isinstance(image_size, bool) or int(image_size) != image_size or image_size < 1:
+        raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
+    size = int(image_size)
+    folder = root / "imagenette2" / _IMAGENETTE_DIRS[split]
+    expected = [folder / wnid for wnid in IMAGENETTE_CLASSES]
+    missing = [str(p) for p in expected if not p.is_dir()]
+    if missing:
+        raise DatasetNotFoundError(
+            f"ImageNette {split} split not found: expected the folder {folder} with one sub-folder of .JPEG images "
+            f"per class; missing {', '.join(missing)}. "
+            f"This machine is offline and nothing is downloaded at run time: on a machine with internet, download "
+            f"{IMAGENETTE_URL} (the full-size imagenette2), extract it with tar xzf imagenette2.tgz so that "
+            f"imagenette2/train/ and imagenette2/val/ result, and copy the imagenette2 folder to {folder.parent}/ "
+            f"(pass root={root} or set $DEQBENCH_DATA); our 'test' split reads val/. "
+            f"Offline alternative: the embedded stand-in, load_dataset('sample-patches64', split).",
+            missing=tuple(missing),
+        )
+    extra = sorted(e.name for e in os.scandir(folder) if e.is_dir() and e.name not in IMAGENETTE_CLASSES)
+    if extra:
+        # a foreign class folder would shift the ImageFolder label of every later class
+        raise ValueError(
+            f"{folder}: unexpected class folders {extra}; ImageNette has exactly {list(IMAGENETTE_CLASSES)}"
+        )
+    files: list[Path] = []
+    labels: list[int] = []
+    for label, class_dir in enumerate(expected):  # IMAGENETTE_CLASSES is in sorted wnid order
+        found = _image_files(class_dir)
+        if not found:
+            raise ValueError(f"{class_dir}: no {'/'.join(IMAGE_EXTENSIONS)} images")
+        files.extend(found)
+        labels.extend([label] * len(found))
+    x = torch.empty((len(files), 3, size, size), dtype=torch.float32)
+
+    def fill(i: int) -> None:
+        x[i].copy_(torch.from_numpy(resize_center_crop(files[i], size)).permute(2, 0, 1)).div_(255.0)
+
+    # PIL releases the GIL while decoding and resizing, so threads scale
+    with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
+        list(pool.map(fill, range(len(files))))
+    return LabeledImages(
+        images=x,
+        labels=torch.tensor(labels, dtype=torch.int64),
+        num_classes=10,
+        name="imagenette",
+        source=f"ImageNette {split} split: {len(files)} images of {folder}/<wnid>/ in torchvision ImageFolder order "
+        f"(classes = the sorted wnids, files sorted); each converted to RGB, resized with PIL bilinear "
+        f"(antialiased) so the shorter side is {size} px and centre-cropped to {size}x{size}; pixels uint8/255",
+        stand_in_for=None,
+        split=split,
+        class_names=tuple(IMAGENETTE_CLASSES.values()),
     )

@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
             sub = stages.add_parser(stage.name, help=stage.help)
             for arg in stage.args:
                 sub.add_argument(f"--{arg.name}", type=arg.type, required=arg.required, default=arg.default,
-                                 help=arg.help)
+                                 nargs=arg.nargs, help=arg.help)
         table = stages.add_parser("table", help="assemble a table or figure from per-job results")
         table.add_argument("name", choices=[t.name for t in task.tables])
         table.add_argument("--out", required=True, help="the table's CSV path; the other outputs go beside it")

@@ -68,3 +68,20 @@ def load_artifact(path: str | os.PathLike, map_location: str | torch.device = "c
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UnsafeArtifactError(f"{target}: refused to load, it is not plain tensors and containers "
                                   f"(torch.load weights_only=True: {first})") from None
+
+
+def save_figure(fig: Any, png: str | os.PathLike, title: str, width: int = 170, fontsize: int = 7) -> Path:
+    """Title a matplotlib figure with (the start of) its caption, lay it out, write the PNG atomically, close it."""
+    import textwrap
+
+    import matplotlib.pyplot as plt
+
+    png = Path(png)
+    fig.suptitle(textwrap.fill(title, width), fontsize=fontsize)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    tmp = png.with_name(f".{png.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(png)
+    return png

@@ -36,6 +36,7 @@ class Arg:
     help: str = ""
     required: bool = True
     default: Any = None
+    nargs: str | None = None  # "+": one or more values (a list)
 
 
 @dataclass(frozen=True)

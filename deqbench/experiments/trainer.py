@@ -34,13 +34,19 @@ class LoopSettings:
     checkpoint_every: int
     log_every: int
     lr: float
-    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lr_schedule: Literal["constant", "cosine", "multistep"] = "constant"
     lr_min: float = 0.0
+    lr_milestones: tuple[float, ...] = ()  # multistep: fractions of the run where the LR is multiplied by lr_gamma
+    lr_gamma: float = 0.1
 
     def lr_at(self, step: int) -> float:
-        """The learning rate of optimisation step ``step`` (cosine: decay to ``lr_min`` over the run, per step)."""
+        """The learning rate of optimisation step ``step`` (cosine: decay to ``lr_min`` over the run, per step;
+        multistep: ``lr * lr_gamma ** k`` after the k-th milestone, e.g. epochs 100/150/175 of 200 = 0.5/0.75/0.875)."""
         if self.lr_schedule == "constant":
             return self.lr
+        if self.lr_schedule == "multistep":
+            passed = sum(step >= round(m * self.steps) for m in self.lr_milestones)
+            return self.lr * self.lr_gamma**passed
         return self.lr_min + 0.5 * (self.lr - self.lr_min) * (1 + math.cos(math.pi * min(step, self.steps) / max(self.steps, 1)))
 
 
@@ -81,6 +87,21 @@ class EpochBatches:
 
     def epochs(self, steps: int) -> float:
         return steps / self.steps_per_epoch
+
+
+def standard_augment(images: Tensor, generator: torch.Generator, pad: int = 4) -> Tensor:
+    """The standard CIFAR augmentation: a random ``H x W`` crop of the zero-padded image and a horizontal flip with
+    probability 1/2, per example, drawn from ``generator`` (on the CPU, so a resumed run draws the same crops)."""
+    n, _, h, w = images.shape
+    offsets = torch.randint(0, 2 * pad + 1, (2, n), generator=generator)
+    flips = torch.rand(n, generator=generator) < 0.5
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
+    rows = (offsets[0].view(n, 1) + torch.arange(h).view(1, h)).to(images.device)  # (n, h)
+    cols = (offsets[1].view(n, 1) + torch.arange(w).view(1, w)).to(images.device)  # (n, w)
+    batch = torch.arange(n, device=images.device).view(n, 1, 1, 1)
+    channel = torch.arange(images.shape[1], device=images.device).view(1, -1, 1, 1)
+    crops = padded[batch, channel, rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
+    return torch.where(flips.to(images.device).view(n, 1, 1, 1), crops.flip(-1), crops)
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:

@@ -25,10 +25,11 @@ from deqbench.core.deq import fixed_point
 from deqbench.core.jacobian import hutchinson_jacobian_loss
 from deqbench.core.norms import reset_norms
 from deqbench.core.state import flat_map, spec_of
-from deqbench.data import load_dataset, rms_norm, scaled_eps
+from deqbench.data import scaled_eps
 from deqbench.experiments.config import ConfigError
 from deqbench.experiments.io import atomic_torch_save, atomic_write_json, load_artifact
 from deqbench.experiments.memory import peak_memory, probe_in_child
+from deqbench.experiments.prepared import prepare_classification
 from deqbench.experiments.registry import Job
 from deqbench.experiments.runtime import DivergenceError, data_source_label, seed_everything, sync
 from deqbench.experiments.settings import settings_hash, to_plain
@@ -45,19 +46,7 @@ from deqbench.tasks.jiio_adversarial.settings import (
 
 def prepare_dataset(job: PrepareJob) -> dict[str, Any]:
     """Both splits of the job's dataset, resized to its image size, with where they came from."""
-    size = job.data.image_size
-    splits: dict[str, Any] = {}
-    for split in ("train", "test"):
-        data = load_dataset(job.data.source, split, root=job.data_root)
-        images = data.images
-        if images.shape[-2:] != (size, size):
-            images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
-                                   antialias=True).clamp_(0, 1)
-        splits[split] = {"images": images.contiguous(), "labels": data.labels.clone()}
-        meta = {"name": data.name, "source": data.source, "stand_in_for": data.stand_in_for,
-                "num_classes": data.num_classes}
-    meta["rms_norm"] = rms_norm(splits["train"]["images"])  # at the training size: what eps scaling compares
-    return {"dataset": job.dataset, "image_size": size, "meta": meta, **splits}
+    return prepare_classification(job.dataset, job.data.source, job.data.image_size, job.data_root)
 
 
 def input_scale(net: Network, meta: dict[str, Any]) -> float:

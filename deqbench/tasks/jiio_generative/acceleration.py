@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from deqbench.experiments.io import atomic_write_json, load_artifact
+from deqbench.experiments.io import atomic_write_json, load_artifact, save_figure
 from deqbench.experiments.registry import Job
 from deqbench.experiments.runtime import data_source_label
 from deqbench.experiments.tables import Column, TableRows, TableSpec, read_results
@@ -25,7 +25,7 @@ from deqbench.inputopt.jiio import JIIOResult
 from deqbench.models.mdeq_generator import MDEQGenerator
 from deqbench.tasks.jiio_generative.methods import generator_of, jiio_reconstruct, to_model_range
 from deqbench.tasks.jiio_generative.settings import AccelerationJob, JIIOSolve, TableJob
-from deqbench.tasks.jiio_generative.tables import PAPER, TASK, _device, _save_figure, _settings
+from deqbench.tasks.jiio_generative.tables import PAPER, TASK, _device, _settings
 from deqbench.tasks.jiio_generative.task import batches, load_model, test_images
 
 # Accelerator name -> (JIIO method, solver options for a memory of m).
@@ -121,7 +121,7 @@ def _draw_figure4(rows: list[dict[str, Any]], png: Path, caption: str) -> None:
         ax.set_ylabel(label)
         ax.set_yscale("log")
         ax.legend()
-    _save_figure(fig, png, caption.split(" Paper columns:")[0])
+    save_figure(fig, png, caption.split(" Paper columns:")[0])
 
 
 FIGURE4 = TableSpec(

@@ -8,7 +8,6 @@ Snakemake builds its jobs from the same declarations.
 
 from __future__ import annotations
 
-import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -18,7 +17,7 @@ import torch
 from torch import Tensor
 
 from deqbench.experiments.config import ConfigError
-from deqbench.experiments.io import load_artifact
+from deqbench.experiments.io import load_artifact, save_figure
 from deqbench.experiments.runtime import device_name
 from deqbench.experiments.tables import Column, TableRows, TableSpec, measured_on, read_results
 from deqbench.tasks.jiio_generative.settings import RECONSTRUCT, CellJob, GenerativeSettings, TableJob
@@ -119,19 +118,6 @@ def _tile(images: Tensor) -> np.ndarray:
     return torch.cat([torch.cat((im, p), dim=2) for im, p in zip(x, pad)], dim=2).permute(1, 2, 0).numpy()
 
 
-def _save_figure(fig: Any, png: Path, title: str, width: int = 170, fontsize: int = 7) -> None:
-    """Title the figure with (the start of) its caption, lay it out and write the PNG atomically."""
-    import matplotlib.pyplot as plt
-
-    fig.suptitle(textwrap.fill(title, width), fontsize=fontsize)
-    fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png.with_name(f".{png.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(png)
-
-
 def _image_panel(ax: Any, strips: list[tuple[str, Tensor]], title: str) -> None:
     """Stacked image rows with their labels on the left."""
     arrays = [_tile(t) for _, t in strips]
@@ -165,7 +151,7 @@ def _draw_table4(rows: list[dict[str, Any]], png: Path, caption: str) -> None:
                     load_artifact(r["_examples"])["recovered"])
                    for r in cells if r["task"] != "reference"]
         _image_panel(ax, strips, problem)
-    _save_figure(fig, png, caption.split(" Rows of task")[0], 200, 6)
+    save_figure(fig, png, caption.split(" Rows of task")[0], 200, 6)
 
 
 def _draw_table1(rows: list[dict[str, Any]], png: Path, caption: str) -> None:
@@ -183,7 +169,7 @@ def _draw_table1(rows: list[dict[str, Any]], png: Path, caption: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(9, 0.6 * (len(rows) + 2)), squeeze=False)
     _image_panel(axes[0][0], recon, "reconstructions of test images")
     _image_panel(axes[0][1], samples, "samples")
-    _save_figure(fig, png, caption.split(" `swd_*`")[0], 160, 6)
+    save_figure(fig, png, caption.split(" `swd_*`")[0], 160, 6)
 
 
 # ----------------------------------------------------------------------------- Table 1
@@ -399,7 +385,7 @@ def _draw_figure3(rows: list[dict[str, Any]], png: Path, caption: str) -> None:
         ax.set_yscale("log")
         ax.set_title(panel, fontsize=9)
         ax.legend()
-    _save_figure(fig, png, caption.split(" Paper columns:")[0])
+    save_figure(fig, png, caption.split(" Paper columns:")[0])
 
 
 FIGURE3 = TableSpec(

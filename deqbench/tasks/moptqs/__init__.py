@@ -1,0 +1,39 @@
+"""MOptEqs (Li, Wang, Xie, Lin, ICLR 2022): multi-branch optimisation-induced equilibrium models.
+
+The whole path of these tables: ``params.yaml`` (``moptqs`` block) -> ``pipelines/moptqs.smk`` -> :mod:`.task`
+(and :mod:`.tables`) -> ``deqbench/models/moptqs.py`` -> ``deqbench/core/deq.py`` and ``deqbench/core/solvers/``.
+"""
+
+from __future__ import annotations
+
+from deqbench.experiments.registry import Arg, Stage, Task, register
+from deqbench.tasks.moptqs import task
+from deqbench.tasks.moptqs.settings import MOptEqsParams, build_settings
+from deqbench.tasks.moptqs.tables import TABLES
+
+DATA = Arg("data", help="prepared dataset file")
+DATASET = Arg("dataset", help="dataset key of moptqs.datasets")
+MODEL = Arg("model", help="model key of moptqs.models")
+OUT = Arg("out", help="output file")
+
+TASK = register(Task(
+    name="moptqs",
+    paper="moptqs",
+    title="MOptEqs: multi-branch optimisation-induced equilibrium models (Tables 1(a), 3, Figure 4)",
+    params=MOptEqsParams,
+    build_settings=build_settings,
+    stages=(
+        Stage("prepare", "load and resize both splits of a dataset", lambda s, a: s.prepare(a.dataset),
+              task.run_prepare, (DATASET, OUT)),
+        Stage("train", "train one model of moptqs.models on one dataset", lambda s, a: s.train(a.dataset, a.model),
+              task.run_train,
+              (DATA, DATASET, MODEL, Arg("seed", int), OUT,
+               Arg("partial", help="resumable partial checkpoint (outside declared outputs)"))),
+        Stage("evaluate", "test accuracy of one checkpoint", lambda s, a: s.evaluate(a.dataset, a.model),
+              task.run_evaluate, (DATA, DATASET, MODEL, Arg("checkpoint"), OUT)),
+        Stage("convergence", "relative residual per Anderson iteration of trained models (Figure 4)",
+              lambda s, a: s.convergence(), task.run_convergence,
+              (DATA, Arg("checkpoints", nargs="+", help="one checkpoint per convergence model, in order"), OUT)),
+    ),
+    tables=TABLES,
+))

@@ -1,0 +1,220 @@
+"""The MOptEqs paper's tables and figures as deqbench reproduces them, with the paper's values as reference columns.
+
+Rows the paper quotes from other papers (Neural ODEs, MonDEQ, Deep OptEqs, ...) appear as quoted references: the
+paper's columns only, never as our result.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any, Sequence
+
+from deqbench.experiments.config import ConfigError
+from deqbench.experiments.io import save_figure
+from deqbench.experiments.tables import Column, TableRows, TableSpec, measured_on, read_results
+from deqbench.tasks.moptqs.settings import ModelParams, TableJob
+
+TASK = "moptqs"
+PAPER = "moptqs"
+
+# MOptEqs paper (Li, Wang, Xie, Lin, ICLR 2022): (parameters, accuracy %) per table row, by our model key.
+PAPER_ROWS: dict[str, dict[str, tuple[int | None, float]]] = {
+    "moptqs_table1a": {"parallel_optqs": (193_000, 87.4), "poptqs_sum": (193_000, 88.4),
+                       "poptqs_conv": (276_000, 88.9), "moptqs_no_pe": (193_000, 89.1), "moptqs": (193_000, 89.5)},
+    "moptqs_table3": {"ablation_full": (None, 89.1), "ablation_no_d": (None, 88.6), "ablation_no_h": (None, 88.4),
+                      "parallel_optqs": (None, 87.4)},
+}
+# Rows the paper quotes from other work: (row, parameters, accuracy %, where the number comes from).
+QUOTED_ROWS: dict[str, tuple[tuple[str, int, float, str], ...]] = {
+    "moptqs_table1a": (("Neural ODEs", 172_000, 53.7, "Chen et al. 2018 via Dupont et al. 2019"),
+                       ("Aug. Neural ODEs", 172_000, 60.6, "Dupont et al. 2019"),
+                       ("Single-tier MonDEQ", 854_000, 82.5, "Winston & Kolter 2020"),
+                       ("Deep OptEqs", 199_000, 87.4, "Xie et al. 2021")),
+}
+TABLE_ROW_LABELS = {"moptqs_table3": {"ablation_full": "MOptEqs", "ablation_no_d": "- D", "ablation_no_h": "- H",
+                                      "parallel_optqs": "- D, H"}}
+
+
+def _settings(table: str):
+    return lambda settings: settings.table(table)
+
+
+def model_choices(model: ModelParams) -> str:
+    """The settings the paper leaves open, as this model uses them (spec section A, AMBIG-A1/A3/A5/A6)."""
+    pe = f"PE eps {model.pe_eps:g} in training" + (" and at test" if model.pe_at_eval else " only") \
+        if model.pe_eps > 0 else "no PE"
+    return (f"{model.layout}, {model.branches} x {model.channels} ch; W {model.wnorm}-normalised (zeta "
+            f"{model.zeta:g}); P {model.p_scale}; {model.update} updates; {pe}; {model.gradient} gradient")
+
+
+# ----------------------------------------------------------------------------- accuracy tables
+
+
+ACCURACY_COLUMNS = (
+    Column("model", "model"), Column("model_key", "params.yaml model"), Column("coupling"),
+    Column("lam", "lambda"), Column("num_parameters", "parameters"),
+    Column("accuracy_mean", "accuracy", "%"), Column("accuracy_std", "std over seeds", "%"),
+    Column("n_seeds", "seeds"), Column("accuracy_pe_at_eval_mean", "accuracy with PE also at test", "%"),
+    Column("forward_iterations_mean", "forward iterations at test"),
+    Column("residual_mean", "relative residual at test"), Column("train_seconds_mean", "training wall clock", "s"),
+    Column("paper_parameters", "parameters", reference_for="num_parameters"),
+    Column("paper_accuracy", "accuracy", "%", reference_for="accuracy_mean"),
+    Column("row_source", "row"), Column("choices", "settings the paper leaves open"),
+    Column("n_test", "test images"), Column("profile"), Column("data_source", "data"),
+)
+
+
+def _mean(values: list[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def build_accuracy(job: TableJob, files: Sequence[str]) -> TableRows:
+    """One row per declared model: test accuracy mean and sample std over seeds, then the quoted rows."""
+    results = read_results(files)
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        train = r["train"]
+        if train["dataset"] != job.dataset:
+            raise ConfigError(f"{r['_file']}: a {train['dataset']} result in {job.table} (on {job.dataset})")
+        by_model.setdefault(train["model_name"], []).append(r)
+    paper = PAPER_ROWS.get(job.table, {})
+    labels = TABLE_ROW_LABELS.get(job.table, {})
+    rows, sources, n_test = [], set(), set()
+    for name, model in job.models:
+        runs = by_model.get(name)
+        if not runs:
+            raise ConfigError(f"{job.table}: no evaluation of model {name!r}")
+        accuracy = [r["accuracy"] for r in runs]
+        sources.update(r["data_source"] for r in runs)
+        n_test.update(r["n_test"] for r in runs)
+        reference = paper.get(name)
+        rows.append({
+            "model": labels.get(name, model.label), "model_key": name, "coupling": model.coupling, "lam": model.lam,
+            "num_parameters": runs[0]["num_parameters"], "accuracy_mean": statistics.fmean(accuracy),
+            "accuracy_std": statistics.stdev(accuracy) if len(accuracy) > 1 else float("nan"),
+            "n_seeds": len(accuracy),
+            "accuracy_pe_at_eval_mean": _mean([r["accuracy_pe_at_eval"] for r in runs if "accuracy_pe_at_eval" in r]),
+            "forward_iterations_mean": _mean([r["forward_iterations_mean"] for r in runs]),
+            "residual_mean": _mean([r["residual_mean"] for r in runs]),
+            "train_seconds_mean": _mean([r["train"]["train_seconds"] for r in runs]),
+            "paper_parameters": reference[0] if reference else None,
+            "paper_accuracy": reference[1] if reference else None,
+            "row_source": "ours", "choices": model_choices(model), "n_test": runs[0]["n_test"],
+            "profile": job.profile, "data_source": runs[0]["data_source"]})
+    for label, params, accuracy, where in QUOTED_ROWS.get(job.table, ()):
+        rows.append({"model": label, "paper_parameters": params, "paper_accuracy": accuracy,
+                     "row_source": f"quoted by the paper from {where}; not run here", "profile": job.profile})
+    seeds = sorted({r["train"]["seed"] for r in results})
+    return TableRows(rows, {"seeds": seeds, "profile": job.profile, "data": "; ".join(sorted(sources)),
+                            "n_test": ", ".join(map(str, sorted(n_test)))},
+                     {"seeds": seeds, "eval_files": sorted(files), "measured_on": measured_on(results)})
+
+
+def accuracy_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {r["model_key"]: {"accuracy_mean": r["accuracy_mean"], "num_parameters": r["num_parameters"]}
+            for r in rows if r.get("row_source") == "ours"}
+
+
+# ----------------------------------------------------------------------------- Figure 4
+
+
+CONVERGENCE_COLUMNS = (
+    Column("model", "model"), Column("model_key", "params.yaml model"), Column("lam", "lambda"),
+    Column("channels", "channels per branch"), Column("iteration"),
+    Column("residual_median", "relative residual, batch median"), Column("residual_q25", "25th percentile"),
+    Column("residual_q75", "75th percentile"), Column("seed"), Column("profile"), Column("data_source", "data"),
+)
+
+
+def build_convergence(job: TableJob, files: Sequence[str]) -> TableRows:
+    """The traced residuals of every model of the figure, per iteration."""
+    results = read_results(files)
+    if len(results) != 1:
+        raise ConfigError(f"{job.table}: expected one convergence trace file, got {len(results)}")
+    trace = results[0]
+    rows = [{**{k: r[k] for k in ("lam", "channels", "iteration", "residual_median", "residual_q25",
+                                  "residual_q75", "seed")},
+             "model": r["label"], "model_key": r["model_name"], "profile": job.profile,
+             "data_source": trace["data_source"]} for r in trace["rows"]]
+    names = {name for name, _ in job.models}
+    traced = {r["model_key"] for r in rows}
+    if traced != names:
+        raise ConfigError(f"{job.table}: traced models {sorted(traced)} differ from the declared {sorted(names)}")
+    last = max(r["iteration"] for r in rows)
+    return TableRows(rows, {"iterations": last, "profile": job.profile, "data": trace["data_source"],
+                            "seed": job.seeds[0]},
+                     {"trace_file": trace["_file"], "measured_on": measured_on(results)})
+
+
+def convergence_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per model: the final median residual and the first iteration whose median is below 1e-3."""
+    out: dict[str, Any] = {}
+    for r in rows:
+        entry = out.setdefault(r["model_key"], {"lam": r["lam"], "final_residual": None, "iterations_to_1e-3": None})
+        entry["final_residual"] = r["residual_median"]
+        if entry["iterations_to_1e-3"] is None and r["residual_median"] < 1e-3:
+            entry["iterations_to_1e-3"] = r["iteration"]
+    return out
+
+
+def draw_convergence(rows: list[dict[str, Any]], png: Path, caption: str) -> None:
+    """Figure 4(a): batch-median relative residual per Anderson iteration (log scale), interquartile band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    for key in dict.fromkeys(r["model_key"] for r in rows):
+        mine = [r for r in rows if r["model_key"] == key]
+        its = [r["iteration"] for r in mine]
+        line, = ax.semilogy(its, [r["residual_median"] for r in mine], label=f"{mine[0]['model']} (lambda "
+                                                                               f"{mine[0]['lam']:g})")
+        ax.fill_between(its, [r["residual_q25"] for r in mine], [r["residual_q75"] for r in mine],
+                        color=line.get_color(), alpha=0.2)
+    ax.axhline(1e-3, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("Anderson iteration")
+    ax.set_ylabel("||T(z) - z|| / ||T(z)||")
+    ax.legend(fontsize=8)
+    save_figure(fig, png, caption.split(" Models and their settings")[0], 110, 6)
+
+
+# ----------------------------------------------------------------------------- declarations
+
+
+_CAPTION_COMMON = ("Profile {profile}; data {data}. Models and their settings: params.yaml moptqs.models; the "
+                   "'settings the paper leaves open' column names each choice (spec section A, AMBIG-A1...A12).")
+
+TABLES = (
+    TableSpec(
+        name="moptqs_table1a", task=TASK, paper=PAPER, source="MOptEqs paper Table 1(a)",
+        title="MOptEqs Table 1(a): single-view models on CIFAR-10",
+        caption=("Test accuracy of the single-view models (3 branches of equal size), mean and sample std over seeds "
+                 "{seeds}, on {n_test} test images. MOptEqs rows train with PE and are scored without it (AMBIG-A6; "
+                 "the PE-at-test column has the other setting). " + _CAPTION_COMMON),
+        columns=ACCURACY_COLUMNS, settings_of=_settings("moptqs_table1a"), build=build_accuracy,
+        metrics=accuracy_metrics,
+    ),
+    TableSpec(
+        name="moptqs_table3", task=TASK, paper=PAPER, source="MOptEqs paper Table 3 (appendix A.8)",
+        title="MOptEqs Table 3: removing the diversity (D) and heritage (H) terms",
+        caption=("Single-view MOptEqs without PE at lambda 0.02 and its ablations: - D is lambda 0, - H keeps the "
+                 "diversity term with OptEqs' own feedback, - D, H is Parallel-OptEqs (spec A.4, AMBIG-A4). Test "
+                 "accuracy, mean and sample std over seeds {seeds}, {n_test} test images. " + _CAPTION_COMMON),
+        columns=ACCURACY_COLUMNS, settings_of=_settings("moptqs_table3"), build=build_accuracy,
+        metrics=accuracy_metrics,
+    ),
+    TableSpec(
+        name="moptqs_figure4", task=TASK, paper=PAPER, source="MOptEqs paper Figure 4(a) (appendix A.7)",
+        title="MOptEqs Figure 4(a): Anderson convergence for several lambda",
+        caption=("Relative residual ||T(z) - z|| / ||T(z)|| per Anderson iteration (tolerance 0, {iterations} "
+                 "iterations from z = 0) of trained single-view MOptEqs with different lambda, on one batch of "
+                 "test images: batch median and interquartile band; seed {seed}. The paper (C = 32): lambda up to about 1/C "
+                 "converges, lambda 0.1 does not; convergence depends on lambda x C, so models with fewer channels "
+                 "scale lambda by 32/C (their labels say so). " + _CAPTION_COMMON.replace("; the 'settings the paper leaves "
+                                                                              "open' column names each choice", "")),
+        columns=CONVERGENCE_COLUMNS, settings_of=_settings("moptqs_figure4"), build=build_convergence,
+        metrics=convergence_metrics, draw=draw_convergence, plot={"x": "iteration", "y": "residual_median"},
+    ),
+)

@@ -1,0 +1,211 @@
+"""MOptEqs image classification: train and evaluate the models of the paper's tables, and trace their convergence.
+
+Stages (``python -m deqbench moptqs STAGE``): ``prepare`` a dataset, ``train`` one named model (SGD with the
+multi-step schedule of appendix A.6, implicit or one-step gradients), ``evaluate`` one checkpoint (test accuracy
+with the forward solve of spec A.6, PE off and, for PE models, on), ``convergence`` (Figure 4: the relative
+residual per Anderson iteration).  Each takes its typed settings from :mod:`.settings`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm import tqdm
+
+from deqbench.experiments.config import ConfigError
+from deqbench.experiments.io import atomic_torch_save, atomic_write_json, load_artifact
+from deqbench.experiments.prepared import prepare_classification
+from deqbench.experiments.registry import Job
+from deqbench.experiments.runtime import DivergenceError, data_source_label, seed_everything
+from deqbench.experiments.settings import settings_hash, to_plain
+from deqbench.experiments.trainer import EpochBatches, LoopSettings, StepOutput, fit, standard_augment
+from deqbench.models.moptqs import MOptEqs
+from deqbench.tasks.moptqs.settings import ConvergenceJob, EvaluateJob, ModelParams, TrainJob
+
+# ----------------------------------------------------------------------------- model
+
+
+def build_model(model: ModelParams, data: dict[str, Any]) -> MOptEqs:
+    """The named model for the prepared data's channels, classes and image size."""
+    images = data["train"]["images"]
+    return MOptEqs(model.config(images.shape[1], data["meta"]["num_classes"], data["image_size"]))
+
+
+def load_model(name: str, model: ModelParams, data: dict[str, Any], path: str | Path,
+               device: torch.device) -> tuple[MOptEqs, dict[str, Any]]:
+    """A trained model; refuses a checkpoint whose architecture differs from the settings'."""
+    state = load_artifact(path, device)
+    if state.get("model_settings") != to_plain(model):
+        raise ConfigError(f"{path} holds another architecture than moptqs.models.{name} now declares; retrain it")
+    net = build_model(model, data).to(device)
+    net.load_state_dict(state["model"])
+    net.eval()
+    return net, state
+
+
+def solve_kwargs(job: TrainJob | EvaluateJob, max_iter: int | None = None) -> dict[str, Any]:
+    """The model's forward-solve and IFT keyword arguments from the solver settings."""
+    f, b = job.solver.forward, job.solver.backward
+    return {"solver": f.method, "max_iter": max_iter or f.max_iter, "tol": f.tol, "solver_options": f.options(),
+            "backward": "ift", "backward_options": {"method": b.method, "max_iter": b.max_iter, "tol": b.tol,
+                                                    **b.options()}}
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train(job: TrainJob, data: dict[str, Any], seed: int, out: str | Path, partial: str | Path,
+          device: torch.device, progress: bool = True) -> dict[str, Any]:
+    """Train one model with SGD and the multi-step schedule (appendix A.6); resumable from ``partial``."""
+    seed_everything(seed)
+    images_all, labels_all = data["train"]["images"], data["train"]["labels"]
+    model = build_model(job.model, data).to(device)
+    batches = EpochBatches(len(labels_all), job.batch_size, seed)
+    steps = batches.steps_per_epoch * job.epochs
+    if job.max_steps is not None:
+        steps = min(steps, job.max_steps)
+    optimizer = torch.optim.SGD(model.parameters(), lr=job.lr, momentum=job.momentum, nesterov=job.nesterov,
+                                weight_decay=job.weight_decay)
+    kwargs = solve_kwargs(job)
+
+    def step_fn(step: int) -> StepOutput:
+        idx = batches(step).indices
+        images = images_all[idx]
+        if job.augment:
+            images = standard_augment(images, torch.Generator().manual_seed(seed * 1_000_003 + step))
+        stats: dict[str, Any] = {}
+        logits = model(images.to(device), stats=stats, gradient=job.model.gradient,
+                       one_step_iterations=job.one_step_iterations, **kwargs)
+        labels = labels_all[idx].to(device)
+        loss = F.cross_entropy(logits, labels)
+        residual = stats["forward"].residual if "forward" in stats else stats["one_step_residual"]
+        accuracy = (logits.detach().argmax(1) == labels).float().mean()
+        return StepOutput(loss, {"accuracy": accuracy, "residual": residual.mean()}, residual)
+
+    key = f"{job.dataset}_{job.model_name}_seed{seed}"
+    loop = LoopSettings(steps, job.checkpoint_every, job.log_every, job.lr, "multistep",
+                        lr_milestones=job.lr_milestones, lr_gamma=job.lr_gamma)
+    summary = {"dataset": job.dataset, "model_name": job.model_name, "label": job.model.label, "seed": seed,
+               "data_source": data_source_label(data["meta"]), "model": model.describe(),
+               "num_parameters": model.num_parameters(), "epochs": batches.epochs(steps), "steps": steps,
+               "gradient": job.model.gradient, "lr": job.lr, "weight_decay": job.weight_decay,
+               "batch_size": batches.batch_size, "augment": job.augment}
+    meta = {"model_settings": to_plain(job.model)}
+    result = fit(key=key, model=model, optimizer=optimizer, step_fn=step_fn, loop=loop, out_path=out,
+                 partial_path=partial, settings_hash=settings_hash(job), device=device, summary=summary,
+                 checkpoint_meta=meta, progress=progress)
+    return result
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def _accuracy(model: MOptEqs, images_all: Tensor, labels_all: Tensor, job: EvaluateJob, device: torch.device,
+              progress: bool, what: str) -> dict[str, float]:
+    """Test accuracy (percent) and the mean forward iterations and final relative residual of its solves."""
+    correct = torch.zeros((), device=device)
+    residuals, iterations = [], []  # per batch
+    kwargs = solve_kwargs(job, job.eval.max_iter)
+    batch = job.eval.batch_size
+    with torch.no_grad():
+        for start in tqdm(range(0, len(labels_all), batch), desc=what, disable=not progress):
+            images = images_all[start : start + batch].to(device)
+            stats: dict[str, Any] = {}
+            logits = model(images, stats=stats, **kwargs)
+            correct += (logits.argmax(1) == labels_all[start : start + batch].to(device)).float().sum()
+            residuals.append(stats["forward"].residual)
+            iterations.append(stats["forward"].nfe)
+    n = len(labels_all)
+    return {"accuracy": 100.0 * float(correct) / n, "residual_mean": float(torch.cat(residuals).mean()),
+            "forward_iterations_mean": sum(iterations) / len(iterations)}
+
+
+def evaluate(job: EvaluateJob, checkpoint: str | Path, data: dict[str, Any], device: torch.device,
+             progress: bool = True) -> dict[str, Any]:
+    """Test accuracy of one checkpoint; PE models also with PE on at test time (AMBIG-A6: the paper does not say)."""
+    model, state = load_model(job.model_name, job.model, data, checkpoint, device)
+    images_all, labels_all = data["test"]["images"], data["test"]["labels"]
+    if job.eval.limit is not None:
+        images_all, labels_all = images_all[: job.eval.limit], labels_all[: job.eval.limit]
+    seed_everything(0)
+    name = Path(checkpoint).stem
+    result = _accuracy(model, images_all, labels_all, job, device, progress, f"eval {name}")
+    if job.model.pe_eps > 0:  # the other PE-at-test setting (AMBIG-A6)
+        other = model.with_config(pe_at_eval=not job.model.pe_at_eval).eval()
+        flipped = _accuracy(other, images_all, labels_all, job, device, progress,
+                            f"eval {name} (PE {'off' if job.model.pe_at_eval else 'on'} at test)")
+        key = "accuracy_no_pe_at_eval" if job.model.pe_at_eval else "accuracy_pe_at_eval"
+        result[key] = flipped["accuracy"]
+    if not math.isfinite(result["accuracy"]):
+        raise DivergenceError(f"{checkpoint}: non-finite accuracy {result}")
+    return {**result, "n_test": len(labels_all), "num_parameters": model.num_parameters(),
+            "operator_norms": model.operator_norms(), "train": state["summary"],
+            "data_source": data_source_label(data["meta"])}
+
+
+# ----------------------------------------------------------------------------- Figure 4
+
+
+def convergence(job: ConvergenceJob, checkpoints: list[str], data: dict[str, Any], device: torch.device
+                ) -> list[dict[str, Any]]:
+    """Relative residual ||T(z) - z|| / ||T(z)|| at every Anderson iteration (tolerance 0), one test batch per model:
+    the batch median and quartiles per iteration (appendix A.7, Figure 4)."""
+    if len(checkpoints) != len(job.models):
+        raise ConfigError(f"convergence: {len(job.models)} models but {len(checkpoints)} checkpoints")
+    images = data["test"]["images"][: job.convergence.batch_size].to(device)
+    f = job.solver.forward
+    rows = []
+    for (name, params), path in zip(job.models, checkpoints):
+        model, state = load_model(name, params, data, path, device)
+        stats: dict[str, Any] = {}
+        with torch.no_grad():
+            model(images, solver=f.method, max_iter=job.convergence.iterations, tol=0.0,
+                  solver_options=f.options(), backward="none", stats=stats)
+        trace = stats["forward"].trace.float()  # (B, iterations)
+        quantiles = torch.nanquantile(trace, torch.tensor([0.25, 0.5, 0.75], device=trace.device), dim=0)
+        for k in range(trace.shape[1]):
+            rows.append({"model_name": name, "label": params.label, "lam": params.lam, "iteration": k + 1,
+                         "residual_median": float(quantiles[1, k]), "residual_q25": float(quantiles[0, k]),
+                         "residual_q75": float(quantiles[2, k]), "channels": params.channels,
+                         "seed": state["summary"]["seed"]})
+    return rows
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def run_prepare(job: Job) -> None:
+    j = job.settings
+    prepared = prepare_classification(j.dataset, j.data.source, j.data.image_size, j.data_root)
+    prepared["provenance"] = job.provenance()
+    atomic_torch_save(job.args.out, prepared)
+    print(f"{j.dataset}: {data_source_label(prepared['meta'])}, train {len(prepared['train']['labels'])}, "
+          f"test {len(prepared['test']['labels'])}, {prepared['image_size']}px -> {job.args.out}")
+
+
+def run_train(job: Job) -> None:
+    a = job.args
+    summary = train(job.settings, load_artifact(a.data), a.seed, a.out, a.partial, job.device, job.progress)
+    print(f"trained {summary['key']}: {summary['steps']} steps in {summary['train_seconds']:.1f} s")
+
+
+def run_evaluate(job: Job) -> None:
+    a = job.args
+    result = evaluate(job.settings, a.checkpoint, load_artifact(a.data), job.device, job.progress)
+    result["provenance"] = job.provenance(seeds=[result["train"]["seed"]])
+    atomic_write_json(a.out, result)
+    print(f"{a.checkpoint}: accuracy {result['accuracy']:.2f} %")
+
+
+def run_convergence(job: Job) -> None:
+    a = job.args
+    data = load_artifact(a.data)
+    rows = convergence(job.settings, list(a.checkpoints), data, job.device)
+    atomic_write_json(a.out, {"rows": rows, "data_source": data_source_label(data["meta"]),
+                              "provenance": job.provenance(seeds=[job.settings.convergence.seed])})
+    print(f"traced {len(job.settings.models)} models -> {a.out}")

@@ -1,0 +1,177 @@
+"""The MOptEqs task (deqbench.tasks.moptqs): settings, the shared trainer's schedule and augmentation, training and
+evaluation of a named model, and the assembly of Tables 1(a), 3 and Figure 4."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from deqbench.experiments.config import ConfigError, deep_merge, load_profile
+from deqbench.experiments.io import load_artifact
+from deqbench.experiments.prepared import prepare_classification
+from deqbench.experiments.trainer import LoopSettings, standard_augment
+from deqbench.tasks.moptqs import TASK, task
+from deqbench.tasks.moptqs.tables import PAPER_ROWS, QUOTED_ROWS, TABLES
+
+PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+CPU = torch.device("cpu")
+SPECS = {spec.name: spec for spec in TABLES}
+
+
+def settings(profile_name: str = "smoke", **block):
+    return TASK.settings(deep_merge(load_profile(PARAMS, profile_name), {"moptqs": block}))
+
+
+@pytest.fixture(scope="module")
+def mopt():
+    return settings(train={"max_steps": 3, "checkpoint_every": 2, "log_every": 1, "epochs": {"cifar10": 5}},
+                    eval={"limit": 16, "batch_size": 8, "max_iter": 10})
+
+
+@pytest.fixture(scope="module")
+def data(mopt):
+    j = mopt.prepare("cifar10")
+    prepared = prepare_classification(j.dataset, j.data.source, j.data.image_size, j.data_root)
+    for split in ("train", "test"):
+        prepared[split]["images"] = prepared[split]["images"][:64]
+        prepared[split]["labels"] = prepared[split]["labels"][:64]
+    return prepared
+
+
+def test_every_profile_declares_the_tables_and_their_models():
+    for name in ("paper", "embedded", "smoke"):
+        s = settings(name)
+        for table in ("moptqs_table1a", "moptqs_table3", "moptqs_figure4"):
+            job = s.table(table)
+            assert job.models and all(m in s.params.models for m, _ in job.models)
+    paper = settings("paper").params
+    assert paper.models["moptqs"].pe_eps == 0.1 and paper.models["moptqs_no_pe"].pe_eps == 0.0
+    assert paper.train.lr == 0.1 and paper.train.lr_milestones == (0.5, 0.75, 0.875)  # epochs 100/150/175 of 200
+    assert paper.datasets["cifar10"].source == "cifar10"
+
+
+def test_a_table_naming_an_unknown_model_fails_naming_the_key():
+    with pytest.raises(ConfigError, match=r"moptqs\.tables\.moptqs_table1a\.models: 'nope'"):
+        settings(tables={"moptqs_table1a": {"dataset": "cifar10", "models": ["nope"]}})
+    with pytest.raises(ConfigError, match=r"moptqs\.convergence\.dataset: 'cifar100'"):
+        settings(convergence={"dataset": "cifar100"})
+
+
+def test_job_settings_hold_only_what_the_job_reads(mopt):
+    a, b = mopt.train("cifar10", "moptqs"), mopt.train("cifar10", "poptqs_sum")
+    assert a.model != b.model and a.model_name == "moptqs"
+    other = settings(train={"max_steps": 3, "checkpoint_every": 2, "log_every": 1, "epochs": {"cifar10": 5}},
+                     eval={"limit": 3, "batch_size": 8, "max_iter": 10},
+                     models={"poptqs_sum": {"lam": 0.5}})
+    assert other.train("cifar10", "moptqs") == a  # another model's or the evaluation's settings do not touch it
+    assert other.train("cifar10", "poptqs_sum") != b
+    with pytest.raises(ConfigError, match="'unknown' is not in profiles.smoke.moptqs.models"):
+        mopt.train("cifar10", "unknown")
+
+
+def test_multistep_schedule_divides_by_ten_at_the_milestones():
+    loop = LoopSettings(200, 50, 10, 0.1, "multistep", lr_milestones=(0.5, 0.75, 0.875), lr_gamma=0.1)
+    assert [loop.lr_at(s) for s in (0, 99)] == [0.1, 0.1]
+    assert math.isclose(loop.lr_at(100), 0.01) and math.isclose(loop.lr_at(149), 0.01)
+    assert math.isclose(loop.lr_at(150), 1e-3) and math.isclose(loop.lr_at(175), 1e-4)
+
+
+def test_standard_augment_takes_padded_crops_and_flips():
+    images = torch.arange(2 * 3 * 5 * 5, dtype=torch.float32).view(2, 3, 5, 5)
+    out = standard_augment(images, torch.Generator().manual_seed(3), pad=2)
+    again = standard_augment(images, torch.Generator().manual_seed(3), pad=2)
+    assert out.shape == images.shape and torch.equal(out, again)
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
+    for n in range(2):  # each output is one 5x5 window of the padded image, possibly mirrored
+        windows = [padded[n, :, r : r + 5, c : c + 5] for r in range(5) for c in range(5)]
+        assert any(torch.equal(out[n], w) or torch.equal(out[n], w.flip(-1)) for w in windows)
+
+
+def test_training_resumes_and_evaluation_reports_accuracy(mopt, data, tmp_path, monkeypatch):
+    job = mopt.train("cifar10", "moptqs")
+    out, partial = tmp_path / "m.pt", tmp_path / "partial.pt"
+    full = task.train(job, data, 0, out, partial, CPU, progress=False)
+    assert full["steps"] == 3 and out.exists() and not partial.exists()
+    calls = {"n": 0}
+    original = torch.optim.SGD.step
+
+    def crash_after_two(self, *args, **kwargs):  # a kill after the step-2 partial checkpoint
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", crash_after_two)
+    out2 = tmp_path / "m2.pt"
+    with pytest.raises(KeyboardInterrupt):
+        task.train(job, data, 0, out2, partial, CPU, progress=False)
+    monkeypatch.setattr(torch.optim.SGD, "step", original)
+    assert partial.exists() and not out2.exists()
+    resumed = task.train(job, data, 0, out2, partial, CPU, progress=False)
+    assert resumed["resumed_from_step"] == 2
+    a, b = load_artifact(out)["model"], load_artifact(out2)["model"]
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)  # the same run, bit for bit or so
+    result = task.evaluate(mopt.evaluate("cifar10", "moptqs"), out, data, CPU, progress=False)
+    assert 0.0 <= result["accuracy"] <= 100.0 and result["n_test"] == 16
+    assert "accuracy_pe_at_eval" in result  # a PE model is also scored with PE on at test time (AMBIG-A6)
+    assert result["num_parameters"] == full["num_parameters"] and result["forward_iterations_mean"] > 0
+    with pytest.raises(ConfigError, match="another architecture"):  # a checkpoint of another model is refused
+        task.evaluate(mopt.evaluate("cifar10", "poptqs_conv"), out, data, CPU, progress=False)
+
+
+def test_one_step_gradient_training_runs(mopt, data, tmp_path):
+    job = mopt.train("cifar10", "moptqs")
+    job = dataclasses.replace(job, model=dataclasses.replace(job.model, gradient="one_step"), one_step_iterations=4)
+    summary = task.train(job, data, 1, tmp_path / "o.pt", tmp_path / "p.pt", CPU, progress=False)
+    assert summary["gradient"] == "one_step" and all(math.isfinite(h["loss"]) for h in summary["history"])
+
+
+def _evaluation(tmp_path: Path, model: str, seed: int, accuracy: float, dataset: str = "cifar10") -> str:
+    path = tmp_path / f"{model}_{seed}.json"
+    path.write_text(json.dumps({
+        "accuracy": accuracy, "residual_mean": 1e-4, "forward_iterations_mean": 8.0, "n_test": 500,
+        "num_parameters": 1234, "data_source": "sample-patches32 (embedded stand-in for cifar10)",
+        "train": {"dataset": dataset, "model_name": model, "seed": seed, "train_seconds": 10.0}}))
+    return str(path)
+
+
+def test_accuracy_tables_are_computed_from_the_runs_with_quoted_rows_apart(mopt, tmp_path):
+    job = mopt.table("moptqs_table1a")
+    files = [_evaluation(tmp_path, m, s, 40.0 + 10 * k + s) for k, (m, _) in enumerate(job.models) for s in (0, 1)]
+    built = SPECS["moptqs_table1a"].build(job, files)
+    ours = [r for r in built.rows if r["row_source"] == "ours"]
+    assert [r["model_key"] for r in ours] == [m for m, _ in job.models]
+    assert ours[0]["accuracy_mean"] == 40.5 and math.isclose(ours[0]["accuracy_std"], math.sqrt(0.5))
+    assert ours[-1]["paper_accuracy"] == PAPER_ROWS["moptqs_table1a"]["moptqs"][1]
+    quoted = [r for r in built.rows if r["row_source"] != "ours"]
+    assert [r["model"] for r in quoted] == [q[0] for q in QUOTED_ROWS["moptqs_table1a"]]
+    assert all(r.get("accuracy_mean") is None and r["paper_accuracy"] for r in quoted)  # never shown as ours
+    with pytest.raises(ConfigError, match="no evaluation of model 'moptqs'"):
+        SPECS["moptqs_table1a"].build(job, files[:-2])
+    with pytest.raises(ConfigError, match="a cifar100 result"):
+        SPECS["moptqs_table1a"].build(job, files + [_evaluation(tmp_path, "moptqs", 5, 1.0, "cifar100")])
+    table3 = SPECS["moptqs_table3"].build(mopt.table("moptqs_table3"),
+                                          [_evaluation(tmp_path, m, 0, 50.0) for m, _ in mopt.table("moptqs_table3").models])
+    assert [r["model"] for r in table3.rows] == ["MOptEqs", "- D", "- H", "- D, H"]
+
+
+def test_figure4_draws_one_curve_per_lambda(mopt, tmp_path):
+    job = mopt.table("moptqs_figure4")
+    rows = [{"model_name": m, "label": p.label, "lam": p.lam, "channels": p.channels, "iteration": k + 1,
+             "residual_median": 10.0 ** -(k * (3 - i)), "residual_q25": 0.0, "residual_q75": 1.0, "seed": 0}
+            for i, (m, p) in enumerate(job.models) for k in range(4)]
+    trace = tmp_path / "trace.json"
+    trace.write_text(json.dumps({"rows": rows, "data_source": "stand-in"}))
+    built = SPECS["moptqs_figure4"].build(job, [str(trace)])
+    assert len({r["model_key"] for r in built.rows}) == 3
+    metrics = SPECS["moptqs_figure4"].metrics(built.rows)
+    first, _, last = (metrics[m] for m, _ in job.models)
+    assert first["iterations_to_1e-3"] == 3 and last["iterations_to_1e-3"] is None
+    png = tmp_path / "moptqs_figure4.png"
+    SPECS["moptqs_figure4"].draw(built.rows, png, "caption")
+    assert png.read_bytes()[:4] == b"\x89PNG"
