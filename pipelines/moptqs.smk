@@ -1,12 +1,12 @@
-# MOptEqs (Li, Wang, Xie, Lin, ICLR 2022): Tables 1(a) and 3, Figure 4.
+# MOptEqs (Li, Wang, Xie, Lin, ICLR 2022): Tables 1(a), 1(b), 2 and 3, Figures 2, 3(a) and 4.
 # Task: deqbench/tasks/moptqs (settings, stages, table declarations); params: the moptqs block.
-# One rule trains every (dataset, model, seed) of moptqs.models; a model shared by two tables is trained once.
+# One rule trains every (dataset, model, seed) of moptqs.models / .baselines; a model shared by two tables is trained once.
 # Resumable partial checkpoints live in data/moptqs/<profile>/.partial, outside the declared outputs.
 from deqbench.tasks.moptqs import TASK as MOPT_TASK
 
 MOPT = PIPE.settings["moptqs"].params
 MOPT_DATASETS = "|".join(MOPT.datasets)
-MOPT_MODELS = "|".join(MOPT.models)
+MOPT_MODELS = "|".join([*MOPT.models, *MOPT.baselines])
 
 
 def mopt_prepared(dataset):
@@ -23,10 +23,10 @@ def mopt_evaluation(dataset, model, seed):
 
 def mopt_table_inputs(table):
     """Every evaluation a table needs (its models x the profile's seeds), or Figure 4's trace."""
-    if table == "moptqs_figure4":
-        return [f"results/moptqs/{P}/figure4_trace.json"]
+    if table in ("moptqs_figure2", "moptqs_figure3a", "moptqs_figure4"):
+        return [f"results/moptqs/{P}/{table.removeprefix('moptqs_')}_data.json"]
     spec = MOPT.tables[table]
-    return [mopt_evaluation(spec.dataset, m, seed) for m in spec.models for seed in PIPE.info.seeds]
+    return [mopt_evaluation(ds, m, seed) for ds, models in spec.rows.items() for m in models for seed in PIPE.info.seeds]
 
 
 rule moptqs_prepare:
@@ -96,7 +96,7 @@ rule moptqs_convergence:
         data=mopt_prepared(MOPT.convergence.dataset),
         checkpoints=[mopt_checkpoint(MOPT.convergence.dataset, m, MOPT.convergence.seed) for m in MOPT.convergence.models],
     output:
-        f"results/moptqs/{P}/figure4_trace.json",
+        f"results/moptqs/{P}/figure4_data.json",
     params:
         settings=PIPE.job_hash("moptqs", "convergence"),
     log:
@@ -106,6 +106,43 @@ rule moptqs_convergence:
         gpu=GPU,
     shell:
         DEQBENCH + " moptqs convergence --data {input.data:q} --checkpoints {input.checkpoints:q} --out {output:q} "
+        "> {log:q} 2>&1"
+
+
+rule moptqs_figure2_data:
+    input:
+        data=mopt_prepared(MOPT.figure2.dataset),
+        checkpoints=[mopt_checkpoint(MOPT.figure2.dataset, m, MOPT.figure2.seed)
+                     for m in (MOPT.figure2.moptqs, MOPT.figure2.poptqs)],
+    output:
+        f"results/moptqs/{P}/figure2_data.json",
+    params:
+        settings=PIPE.job_hash("moptqs", "figure2"),
+    log:
+        f"logs/{P}/moptqs_figure2.log",
+    threads: JOB_THREADS
+    resources:
+        gpu=GPU,
+    shell:
+        DEQBENCH + " moptqs figure2 --data {input.data:q} --checkpoints {input.checkpoints:q} --out {output:q} "
+        "> {log:q} 2>&1"
+
+
+rule moptqs_figure3a_data:
+    input:
+        data=mopt_prepared(MOPT.figure3a.dataset),
+        checkpoint=mopt_checkpoint(MOPT.figure3a.dataset, MOPT.figure3a.model, MOPT.figure3a.seed),
+    output:
+        f"results/moptqs/{P}/figure3a_data.json",
+    params:
+        settings=PIPE.job_hash("moptqs", "figure3a"),
+    log:
+        f"logs/{P}/moptqs_figure3a.log",
+    threads: JOB_THREADS
+    resources:
+        gpu=GPU,
+    shell:
+        DEQBENCH + " moptqs figure3a --data {input.data:q} --checkpoint {input.checkpoint:q} --out {output:q} "
         "> {log:q} 2>&1"
 
 

@@ -46,9 +46,9 @@ def data(mopt):
 def test_every_profile_declares_the_tables_and_their_models():
     for name in ("paper", "embedded", "smoke"):
         s = settings(name)
-        for table in ("moptqs_table1a", "moptqs_table3", "moptqs_figure4"):
+        for table in ("moptqs_table1a", "moptqs_table1b", "moptqs_table2", "moptqs_table3", "moptqs_figure4"):
             job = s.table(table)
-            assert job.models and all(m in s.params.models for m, _ in job.models)
+            assert job.rows and all(s.model(m) == p for _, m, p in job.rows)
     paper = settings("paper").params
     assert paper.models["moptqs"].pe_eps == 0.1 and paper.models["moptqs_no_pe"].pe_eps == 0.0
     assert paper.train.lr == 0.1 and paper.train.lr_milestones == (0.5, 0.75, 0.875)  # epochs 100/150/175 of 200
@@ -56,10 +56,14 @@ def test_every_profile_declares_the_tables_and_their_models():
 
 
 def test_a_table_naming_an_unknown_model_fails_naming_the_key():
-    with pytest.raises(ConfigError, match=r"moptqs\.tables\.moptqs_table1a\.models: 'nope'"):
-        settings(tables={"moptqs_table1a": {"dataset": "cifar10", "models": ["nope"]}})
-    with pytest.raises(ConfigError, match=r"moptqs\.convergence\.dataset: 'cifar100'"):
-        settings(convergence={"dataset": "cifar100"})
+    with pytest.raises(ConfigError, match=r"moptqs\.tables\.moptqs_table1a\.rows\.cifar10: 'nope' has no entry"):
+        settings(tables={"moptqs_table1a": {"rows": {"cifar10": ["nope"]}}})
+    with pytest.raises(ConfigError, match=r"moptqs\.tables\.moptqs_table1a\.rows\.svhn: dataset 'svhn'"):
+        settings(tables={"moptqs_table1a": {"rows": {"svhn": ["moptqs"]}}})
+    with pytest.raises(ConfigError, match=r"moptqs\.convergence: 'mdeq_small' has no entry in .*moptqs\.models$"):
+        settings(convergence={"models": ["mdeq_small"]})  # a baseline has no HH&D to trace
+    with pytest.raises(ConfigError, match=r"keys \['moptqs'\] are in both models and baselines"):
+        settings(baselines={"moptqs": dict(settings().params.baselines["mdeq_small"].__dict__)})
 
 
 def test_job_settings_hold_only_what_the_job_reads(mopt):
@@ -142,36 +146,49 @@ def _evaluation(tmp_path: Path, model: str, seed: int, accuracy: float, dataset:
 
 def test_accuracy_tables_are_computed_from_the_runs_with_quoted_rows_apart(mopt, tmp_path):
     job = mopt.table("moptqs_table1a")
-    files = [_evaluation(tmp_path, m, s, 40.0 + 10 * k + s) for k, (m, _) in enumerate(job.models) for s in (0, 1)]
+    files = [_evaluation(tmp_path, m, s, 40.0 + 10 * k + s) for k, (_, m, _) in enumerate(job.rows) for s in (0, 1)]
     built = SPECS["moptqs_table1a"].build(job, files)
     ours = [r for r in built.rows if r["row_source"] == "ours"]
-    assert [r["model_key"] for r in ours] == [m for m, _ in job.models]
+    assert [r["model_key"] for r in ours] == [m for _, m, _ in job.rows]
     assert ours[0]["accuracy_mean"] == 40.5 and math.isclose(ours[0]["accuracy_std"], math.sqrt(0.5))
-    assert ours[-1]["paper_accuracy"] == PAPER_ROWS["moptqs_table1a"]["moptqs"][1]
+    assert ours[-1]["paper_accuracy"] == PAPER_ROWS["moptqs_table1a"]["cifar10"]["moptqs"][1]
+    assert ours[0]["dataset"] == "CIFAR-10"
     quoted = [r for r in built.rows if r["row_source"] != "ours"]
-    assert [r["model"] for r in quoted] == [q[0] for q in QUOTED_ROWS["moptqs_table1a"]]
+    assert [r["model"] for r in quoted] == [q[1] for q in QUOTED_ROWS["moptqs_table1a"]]
     assert all(r.get("accuracy_mean") is None and r["paper_accuracy"] for r in quoted)  # never shown as ours
-    with pytest.raises(ConfigError, match="no evaluation of model 'moptqs'"):
+    with pytest.raises(ConfigError, match="no evaluation of model 'moptqs' on cifar10"):
         SPECS["moptqs_table1a"].build(job, files[:-2])
-    with pytest.raises(ConfigError, match="a cifar100 result"):
+    with pytest.raises(ConfigError, match="a cifar100 result of 'moptqs', which moptqs_table1a does not show"):
         SPECS["moptqs_table1a"].build(job, files + [_evaluation(tmp_path, "moptqs", 5, 1.0, "cifar100")])
     table3 = SPECS["moptqs_table3"].build(mopt.table("moptqs_table3"),
-                                          [_evaluation(tmp_path, m, 0, 50.0) for m, _ in mopt.table("moptqs_table3").models])
+                                          [_evaluation(tmp_path, m, 0, 50.0) for _, m, _ in mopt.table("moptqs_table3").rows])
     assert [r["model"] for r in table3.rows] == ["MOptEqs", "- D", "- H", "- D, H"]
+    job2 = mopt.table("moptqs_table2")  # two datasets, MDEQ baselines beside MOptEqs
+    table2 = SPECS["moptqs_table2"].build(job2, [_evaluation(tmp_path, m, 0, 30.0, ds) for ds, m, _ in job2.rows])
+    assert {r["dataset"] for r in table2.rows} == {"CIFAR-100", "ImageNette"}
+    assert {r["coupling"] for r in table2.rows} == {"MDEQ", "hhd"} and all(r["paper_accuracy"] for r in table2.rows)
 
 
 def test_figure4_draws_one_curve_per_lambda(mopt, tmp_path):
     job = mopt.table("moptqs_figure4")
     rows = [{"model_name": m, "label": p.label, "lam": p.lam, "channels": p.channels, "iteration": k + 1,
              "residual_median": 10.0 ** -(k * (3 - i)), "residual_q25": 0.0, "residual_q75": 1.0, "seed": 0}
-            for i, (m, p) in enumerate(job.models) for k in range(4)]
+            for i, (_, m, p) in enumerate(job.rows) for k in range(4)]
     trace = tmp_path / "trace.json"
     trace.write_text(json.dumps({"rows": rows, "data_source": "stand-in"}))
     built = SPECS["moptqs_figure4"].build(job, [str(trace)])
     assert len({r["model_key"] for r in built.rows}) == 3
     metrics = SPECS["moptqs_figure4"].metrics(built.rows)
-    first, _, last = (metrics[m] for m, _ in job.models)
+    first, _, last = (metrics[m] for _, m, _ in job.rows)
     assert first["iterations_to_1e-3"] == 3 and last["iterations_to_1e-3"] is None
     png = tmp_path / "moptqs_figure4.png"
     SPECS["moptqs_figure4"].draw(built.rows, png, "caption")
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_an_mdeq_baseline_trains_and_evaluates_through_the_same_path(mopt, data, tmp_path):
+    job = mopt.train("cifar10", "mdeq_small")
+    summary = task.train(job, data, 0, tmp_path / "b.pt", tmp_path / "bp.pt", CPU, progress=False)
+    assert summary["model"]["model"] == "MDEQClassifier" and summary["steps"] == 3
+    result = task.evaluate(mopt.evaluate("cifar10", "mdeq_small"), tmp_path / "b.pt", data, CPU, progress=False)
+    assert result["operator_norms"] is None and "accuracy_pe_at_eval" not in result

@@ -125,9 +125,19 @@ def test_moptqs_tables_and_figure(smoke):
         assert "embedded stand-in" in row["data_source"] and "spectral" in row["choices"]
     assert all(r["accuracy_mean"] == "" and r["paper_accuracy"] for r in table1a if r["row_source"] != "ours")
     assert [r["model"] for r in rows(smoke / "results/moptqs_table3.csv")] == ["MOptEqs", "- D", "- H", "- D, H"]
+    table2 = rows(smoke / "results/moptqs_table2.csv")
+    assert {(r["dataset"], r["coupling"]) for r in table2} == {(d, c) for d in ("CIFAR-100", "ImageNette")
+                                                                for c in ("MDEQ", "hhd")}
+    assert {r["model_key"] for r in rows(smoke / "results/moptqs_table1b.csv") if r["row_source"] == "ours"} == {
+        "mdeq_small", "mdeq_large", "moptqs_ms_048", "moptqs_ms_19"}
     curves = rows(smoke / "results/moptqs_figure4.csv")
     assert len({r["model_key"] for r in curves}) == 3 and all(float(r["residual_median"]) >= 0 for r in curves)
-    assert (smoke / "results/moptqs_figure4.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in ("moptqs_figure2", "moptqs_figure3a", "moptqs_figure4"):
+        assert (smoke / f"results/{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {r["model"] for r in rows(smoke / "results/moptqs_figure2.csv") if r["kind"] == "mean"} == {
+        "MOptEqs", "POptEqs"}
+    perturbed = rows(smoke / "results/moptqs_figure3a.csv")
+    assert {r["kind"] for r in perturbed} >= {"reconstructed", "binomial", "uniform"}
 
 
 def test_claims_ledger(smoke):

@@ -115,8 +115,11 @@ class MDEQConfig:
     weight_norm: bool = True
     dropout: float = 0.0  # variational dropout: only 0 is supported (as in the paper)
     init_std: float = 0.01  # std of the N(0, std) init of the non-weight-normalised convs (reference: 0.01)
+    stem_downsample: int = 0  # how many of the two stem convs have stride 2 (ImageNet-style inputs: 2)
 
     def __post_init__(self) -> None:
+        if self.stem_downsample not in (0, 1, 2):
+            raise ValueError(f"MDEQConfig.stem_downsample must be 0, 1 or 2, got {self.stem_downsample!r}")
         for name in ("in_channels", "num_classes", "expansion", "block_groups", "fuse_groups",
                      "post_fuse_groups", "final_channels"):
             _positive_int(name, getattr(self, name))
@@ -359,9 +362,10 @@ class MDEQClassifier(nn.Module):
             raise TypeError(f"config must be an MDEQConfig, got {type(config).__name__}")
         self.config = config
         c0, gf = config.channels[0], config.fuse_groups
+        s1, s2 = (2 if config.stem_downsample > k else 1 for k in range(2))
         self.stem = nn.Sequential(
-            _conv3x3(config.in_channels, c0), nn.GroupNorm(gf, c0), nn.ReLU(),
-            _conv3x3(c0, c0), nn.GroupNorm(gf, c0), nn.ReLU(),
+            _conv3x3(config.in_channels, c0, s1), nn.GroupNorm(gf, c0), nn.ReLU(),
+            _conv3x3(c0, c0, s2), nn.GroupNorm(gf, c0), nn.ReLU(),
         )
         self.blocks = nn.ModuleList(ResidualBlock(c, config.expansion, config.block_groups) for c in config.channels)
         self.fuse = build_fusion(config.channels, gf)
@@ -392,6 +396,8 @@ class MDEQClassifier(nn.Module):
 
     def branch_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
         """Spatial size (H_i, W_i) of every branch for a ``height x width`` input."""
+        for _ in range(self.config.stem_downsample):
+            height, width = _down_size(height), _down_size(width)
         return branch_sizes(height, width, self.config.num_branches)
 
     def _check_images(self, images: Tensor) -> None:

@@ -19,7 +19,7 @@ OUT = Arg("out", help="output file")
 TASK = register(Task(
     name="moptqs",
     paper="moptqs",
-    title="MOptEqs: multi-branch optimisation-induced equilibrium models (Tables 1(a), 3, Figure 4)",
+    title="MOptEqs: multi-branch optimisation-induced equilibrium models (Tables 1, 2, 3, Figures 2, 3(a), 4)",
     params=MOptEqsParams,
     build_settings=build_settings,
     stages=(
@@ -34,6 +34,11 @@ TASK = register(Task(
         Stage("convergence", "relative residual per Anderson iteration of trained models (Figure 4)",
               lambda s, a: s.convergence(), task.run_convergence,
               (DATA, Arg("checkpoints", nargs="+", help="one checkpoint per convergence model, in order"), OUT)),
+        Stage("figure2", "Average D / H and channel correlations of trained models (Figure 2)",
+              lambda s, a: s.figure2(), task.run_figure2,
+              (DATA, Arg("checkpoints", nargs="+", help="one checkpoint per figure2 model, in order"), OUT)),
+        Stage("figure3a", "accuracy under reconstructed vs random feature perturbations (Figure 3(a))",
+              lambda s, a: s.figure3a(), task.run_figure3a, (DATA, Arg("checkpoint"), OUT)),
     ),
     tables=TABLES,
 ))

@@ -12,7 +12,7 @@ from typing import Annotated, Literal, Mapping
 
 from deqbench.data import DATASETS
 from deqbench.experiments.config import ConfigError, ProfileInfo
-from deqbench.experiments.params import SolverParams
+from deqbench.experiments.params import MDEQParams, SolverParams
 from deqbench.experiments.settings import (
     Above, Max, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt,
 )
@@ -64,6 +64,16 @@ class ModelParams:
 
 
 @dataclass(frozen=True)
+class BaselineParams(MDEQParams):
+    """An MDEQ baseline (``deqbench.models.mdeq``, GroupNorm, no BatchNorm), sized by its channel counts."""
+
+    label: str = "MDEQ"
+
+
+AnyModel = ModelParams | BaselineParams
+
+
+@dataclass(frozen=True)
 class TrainParams:
     """The paper's recipe (appendix A.6): SGD 0.1, divided by 10 at epochs 100 / 150 / 175 of 200, batch 128."""
 
@@ -91,10 +101,9 @@ class EvalParams:
 
 @dataclass(frozen=True)
 class TableParams:
-    """Which dataset a table is on and which declared models are its rows, in order."""
+    """A table's rows: per dataset, the declared models (keys of ``models`` or ``baselines``), in order."""
 
-    dataset: str
-    models: tuple[str, ...]
+    rows: Mapping[str, tuple[str, ...]]
 
 
 @dataclass(frozen=True)
@@ -109,16 +118,43 @@ class ConvergenceParams:
 
 
 @dataclass(frozen=True)
+class Figure2Params:
+    """Figure 2: Average D / H of trained MOptEqs vs POptEqs over test samples, and a channel-correlation map."""
+
+    dataset: str
+    moptqs: str  # the MOptEqs model (a key of models)
+    poptqs: str  # the POptEqs model it is compared with
+    samples: PositiveInt  # the paper: 100
+    max_iter: PositiveInt
+    seed: NonNegativeInt  # whose checkpoints
+
+
+@dataclass(frozen=True)
+class Figure3aParams:
+    """Figure 3(a): test accuracy under reconstructed vs random feature perturbations of a one-branch MOptEqs."""
+
+    dataset: str
+    model: str
+    eps: tuple[NonNegativeFloat, ...]  # the paper: up to 0.3
+    trials: PositiveInt  # random draws per eps (the paper: 5)
+    limit: PositiveInt | None  # test images (null: all)
+    seed: NonNegativeInt  # whose checkpoint; also seeds the random draws
+
+
+@dataclass(frozen=True)
 class MOptEqsParams:
     """MOptEqs (Li, Wang, Xie, Lin, ICLR 2022): every table and figure of the paper."""
 
     datasets: Mapping[str, DataParams]  # cifar10, cifar100, imagenette
     models: Mapping[str, ModelParams]
+    baselines: Mapping[str, BaselineParams]  # MDEQ baselines of Tables 1(b) and 2
     solver: SolverParams  # forward solve in training and the IFT adjoint solve
     train: TrainParams
     eval: EvalParams
-    tables: Mapping[str, TableParams]  # moptqs_table1a, moptqs_table3, ...
+    tables: Mapping[str, TableParams]  # moptqs_table1a, moptqs_table1b, moptqs_table2, moptqs_table3
     convergence: ConvergenceParams  # moptqs_figure4
+    figure2: Figure2Params  # moptqs_figure2
+    figure3a: Figure3aParams  # moptqs_figure3a
 
 
 # ----------------------------------------------------------------------------- what each job reads
@@ -135,7 +171,7 @@ class PrepareJob:
 class TrainJob:
     dataset: str
     model_name: str
-    model: ModelParams
+    model: AnyModel
     solver: SolverParams
     device: str
     lr: float
@@ -157,7 +193,7 @@ class TrainJob:
 class EvaluateJob:
     dataset: str
     model_name: str
-    model: ModelParams
+    model: AnyModel
     solver: SolverParams
     eval: EvalParams
     device: str
@@ -173,16 +209,33 @@ class ConvergenceJob:
 
 
 @dataclass(frozen=True)
+class Figure2Job:
+    dataset: str
+    models: tuple[tuple[str, str, ModelParams], ...]  # (role "MOptEqs" / "POptEqs", key, model)
+    figure: Figure2Params
+    device: str
+
+
+@dataclass(frozen=True)
+class Figure3aJob:
+    dataset: str
+    model: ModelParams
+    solver: SolverParams
+    figure: Figure3aParams
+    eval_max_iter: int
+    device: str
+
+
+@dataclass(frozen=True)
 class TableJob:
     table: str
-    dataset: str
-    models: tuple[tuple[str, ModelParams], ...]
+    rows: tuple[tuple[str, str, AnyModel], ...]  # (dataset, model key, model)
     seeds: tuple[int, ...]
     profile: str
     scale: str
 
 
-TABLE_NAMES = ("moptqs_table1a", "moptqs_table3")  # the tables this task declares (figures: moptqs_figure4)
+TABLE_NAMES = ("moptqs_table1a", "moptqs_table1b", "moptqs_table2", "moptqs_table3")  # + figures (convergence)
 
 
 @dataclass(frozen=True)
@@ -196,19 +249,26 @@ class MOptEqsSettings:
         self._check("datasets", dataset)
         return PrepareJob(dataset, self.params.datasets[dataset], self.info.data_root)
 
+    def model(self, key: str) -> AnyModel:
+        """A declared model or baseline by key."""
+        if key in self.params.models:
+            return self.params.models[key]
+        if key in self.params.baselines:
+            return self.params.baselines[key]
+        raise ConfigError(f"{key!r} is not in profiles.{self.info.name}.moptqs.models "
+                          f"({sorted(self.params.models)}) nor .baselines ({sorted(self.params.baselines)})")
+
     def train(self, dataset: str, model: str) -> TrainJob:
         self._check("datasets", dataset)
-        self._check("models", model)
         t = self.params.train
-        return TrainJob(dataset, model, self.params.models[model], self.params.solver, self.info.device, t.lr,
+        return TrainJob(dataset, model, self.model(model), self.params.solver, self.info.device, t.lr,
                         t.momentum, t.nesterov, t.weight_decay[dataset], t.batch_size[dataset], t.epochs[dataset],
                         t.lr_milestones, t.lr_gamma, t.augment, t.max_steps, t.checkpoint_every, t.log_every,
                         t.one_step_iterations)
 
     def evaluate(self, dataset: str, model: str) -> EvaluateJob:
         self._check("datasets", dataset)
-        self._check("models", model)
-        return EvaluateJob(dataset, model, self.params.models[model], self.params.solver, self.params.eval,
+        return EvaluateJob(dataset, model, self.model(model), self.params.solver, self.params.eval,
                            self.info.device)
 
     def convergence(self) -> ConvergenceJob:
@@ -216,14 +276,30 @@ class MOptEqsSettings:
         return ConvergenceJob(c.dataset, tuple((m, self.params.models[m]) for m in c.models), self.params.solver, c,
                               self.info.device)
 
+    def figure2(self) -> Figure2Job:
+        f = self.params.figure2
+        return Figure2Job(f.dataset, tuple((role, m, self.params.models[m]) for role, m in
+                                           (("MOptEqs", f.moptqs), ("POptEqs", f.poptqs))), f, self.info.device)
+
+    def figure3a(self) -> Figure3aJob:
+        f = self.params.figure3a
+        return Figure3aJob(f.dataset, self.params.models[f.model], self.params.solver, f, self.params.eval.max_iter,
+                           self.info.device)
+
     def table(self, name: str) -> TableJob:
         if name == "moptqs_figure4":
             c = self.params.convergence
-            return TableJob(name, c.dataset, tuple((m, self.params.models[m]) for m in c.models), (c.seed,),
+            return TableJob(name, tuple((c.dataset, m, self.params.models[m]) for m in c.models), (c.seed,),
+                            self.info.name, self.info.scale)
+        if name in ("moptqs_figure2", "moptqs_figure3a"):
+            f2, f3 = self.params.figure2, self.params.figure3a
+            dataset, models, seed = ((f2.dataset, (f2.moptqs, f2.poptqs), f2.seed) if name == "moptqs_figure2" else
+                                     (f3.dataset, (f3.model,), f3.seed))
+            return TableJob(name, tuple((dataset, m, self.params.models[m]) for m in models), (seed,),
                             self.info.name, self.info.scale)
         spec = self.params.tables[name]
-        return TableJob(name, spec.dataset, tuple((m, self.params.models[m]) for m in spec.models), self.info.seeds,
-                        self.info.name, self.info.scale)
+        rows = tuple((ds, m, self.model(m)) for ds, models in spec.rows.items() for m in models)
+        return TableJob(name, rows, self.info.seeds, self.info.name, self.info.scale)
 
     def _check(self, kind: str, key: str) -> None:
         known = getattr(self.params, kind)
@@ -237,14 +313,21 @@ def build_settings(info: ProfileInfo, params: MOptEqsParams) -> MOptEqsSettings:
     missing_tables = sorted(set(TABLE_NAMES) - set(params.tables))
     if missing_tables:
         raise ConfigError(f"{where}.tables: missing {missing_tables}")
-    blocks = [(f"tables.{name}", t.dataset, t.models) for name, t in params.tables.items()]
-    blocks.append(("convergence", params.convergence.dataset, params.convergence.models))
-    for path, dataset, models in blocks:
+    both = sorted(set(params.models) & set(params.baselines))
+    if both:
+        raise ConfigError(f"{where}: keys {both} are in both models and baselines")
+    blocks = [(f"tables.{name}.rows.{ds}", ds, models, True) for name, t in params.tables.items()
+              for ds, models in t.rows.items()]
+    blocks.append(("convergence", params.convergence.dataset, params.convergence.models, False))
+    blocks.append(("figure2", params.figure2.dataset, (params.figure2.moptqs, params.figure2.poptqs), False))
+    blocks.append(("figure3a", params.figure3a.dataset, (params.figure3a.model,), False))
+    for path, dataset, models, baselines_allowed in blocks:
         if dataset not in params.datasets:
-            raise ConfigError(f"{where}.{path}.dataset: {dataset!r} has no entry in {where}.datasets")
+            raise ConfigError(f"{where}.{path}: dataset {dataset!r} has no entry in {where}.datasets")
         for model in models:
-            if model not in params.models:
-                raise ConfigError(f"{where}.{path}.models: {model!r} has no entry in {where}.models")
+            if model not in params.models and not (baselines_allowed and model in params.baselines):
+                raise ConfigError(f"{where}.{path}: {model!r} has no entry in {where}.models"
+                                  + (" or .baselines" if baselines_allowed else ""))
     for ds in sorted(params.datasets):
         for path, mapping in (("train.weight_decay", params.train.weight_decay),
                               ("train.batch_size", params.train.batch_size), ("train.epochs", params.train.epochs)):

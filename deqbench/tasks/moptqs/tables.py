@@ -10,27 +10,41 @@ import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
+from deqbench.data import DATASETS
 from deqbench.experiments.config import ConfigError
 from deqbench.experiments.io import save_figure
 from deqbench.experiments.tables import Column, TableRows, TableSpec, measured_on, read_results
-from deqbench.tasks.moptqs.settings import ModelParams, TableJob
+from deqbench.tasks.moptqs.analysis import FIGURE2, FIGURE3A
+from deqbench.tasks.moptqs.settings import AnyModel, BaselineParams, TableJob
 
 TASK = "moptqs"
 PAPER = "moptqs"
 
-# MOptEqs paper (Li, Wang, Xie, Lin, ICLR 2022): (parameters, accuracy %) per table row, by our model key.
-PAPER_ROWS: dict[str, dict[str, tuple[int | None, float]]] = {
-    "moptqs_table1a": {"parallel_optqs": (193_000, 87.4), "poptqs_sum": (193_000, 88.4),
-                       "poptqs_conv": (276_000, 88.9), "moptqs_no_pe": (193_000, 89.1), "moptqs": (193_000, 89.5)},
-    "moptqs_table3": {"ablation_full": (None, 89.1), "ablation_no_d": (None, 88.6), "ablation_no_h": (None, 88.4),
-                      "parallel_optqs": (None, 87.4)},
+# MOptEqs paper (Li, Wang, Xie, Lin, ICLR 2022): per table and dataset, (parameters, accuracy %, std %) of a row,
+# by our model key (std None where the paper prints a single run).
+PAPER_ROWS: dict[str, dict[str, dict[str, tuple[int | None, float, float | None]]]] = {
+    "moptqs_table1a": {"cifar10": {"parallel_optqs": (193_000, 87.4, None), "poptqs_sum": (193_000, 88.4, None),
+                                   "poptqs_conv": (276_000, 88.9, None), "moptqs_no_pe": (193_000, 89.1, None),
+                                   "moptqs": (193_000, 89.5, None)}},
+    "moptqs_table1b": {"cifar10": {"mdeq_small": (2_530_000, 92.6, 0.2), "mdeq_large": (10_000_000, 93.8, 0.3),
+                                   "moptqs_ms_048": (480_000, 92.9, 0.2), "moptqs_ms_19": (1_900_000, 94.0, 0.1),
+                                   "moptqs_ms_81": (8_100_000, 94.6, None)}},
+    "moptqs_table2": {"cifar100": {"mdeq_small": (2_600_000, 70.8, 0.2), "mdeq_large": (11_000_000, 72.4, 0.2),
+                                   "moptqs_ms_19": (1_900_000, 73.4, 0.2), "moptqs_ms_81": (8_100_000, 74.7, None)},
+                      "imagenette": {"mdeq_small_in": (2_500_000, 90.5, 0.2), "mdeq_large_in": (10_000_000, 91.3, 0.3),
+                                     "moptqs_ms_19_in": (1_900_000, 92.1, 0.2),
+                                     "moptqs_ms_10m_in": (10_000_000, 92.4, None)}},
+    "moptqs_table3": {"cifar10": {"ablation_full": (None, 89.1, None), "ablation_no_d": (None, 88.6, None),
+                                  "ablation_no_h": (None, 88.4, None), "parallel_optqs": (None, 87.4, None)}},
 }
-# Rows the paper quotes from other work: (row, parameters, accuracy %, where the number comes from).
-QUOTED_ROWS: dict[str, tuple[tuple[str, int, float, str], ...]] = {
-    "moptqs_table1a": (("Neural ODEs", 172_000, 53.7, "Chen et al. 2018 via Dupont et al. 2019"),
-                       ("Aug. Neural ODEs", 172_000, 60.6, "Dupont et al. 2019"),
-                       ("Single-tier MonDEQ", 854_000, 82.5, "Winston & Kolter 2020"),
-                       ("Deep OptEqs", 199_000, 87.4, "Xie et al. 2021")),
+# Rows the paper quotes from other work: (dataset, row, parameters, accuracy %, where the number comes from).
+QUOTED_ROWS: dict[str, tuple[tuple[str, str, int, float, str], ...]] = {
+    "moptqs_table1a": (("cifar10", "Neural ODEs", 172_000, 53.7, "Chen et al. 2018 via Dupont et al. 2019"),
+                       ("cifar10", "Aug. Neural ODEs", 172_000, 60.6, "Dupont et al. 2019"),
+                       ("cifar10", "Single-tier MonDEQ", 854_000, 82.5, "Winston & Kolter 2020"),
+                       ("cifar10", "Deep OptEqs", 199_000, 87.4, "Xie et al. 2021")),
+    "moptqs_table1b": (("cifar10", "ResNet-18", 10_000_000, 92.9, "He et al. 2016 (as printed: 10M)"),
+                       ("cifar10", "MonDEQ (multi-tier)", 1_000_000, 89.7, "Winston & Kolter 2020")),
 }
 TABLE_ROW_LABELS = {"moptqs_table3": {"ablation_full": "MOptEqs", "ablation_no_d": "- D", "ablation_no_h": "- H",
                                       "parallel_optqs": "- D, H"}}
@@ -40,8 +54,12 @@ def _settings(table: str):
     return lambda settings: settings.table(table)
 
 
-def model_choices(model: ModelParams) -> str:
+def model_choices(model: AnyModel) -> str:
     """The settings the paper leaves open, as this model uses them (spec section A, AMBIG-A1/A3/A5/A6)."""
+    if isinstance(model, BaselineParams):
+        return (f"MDEQ baseline: channels {list(model.channels)}, expansion {model.expansion}, GroupNorm, "
+                f"weight norm {model.weight_norm}, stride-2 stem convs {model.stem_downsample}; the same solver and "
+                f"training recipe as the MOptEqs rows")
     pe = f"PE eps {model.pe_eps:g} in training" + (" and at test" if model.pe_at_eval else " only") \
         if model.pe_eps > 0 else "no PE"
     return (f"{model.layout}, {model.branches} x {model.channels} ch; W {model.wnorm}-normalised (zeta "
@@ -52,7 +70,7 @@ def model_choices(model: ModelParams) -> str:
 
 
 ACCURACY_COLUMNS = (
-    Column("model", "model"), Column("model_key", "params.yaml model"), Column("coupling"),
+    Column("dataset"), Column("model", "model"), Column("model_key", "params.yaml model"), Column("coupling"),
     Column("lam", "lambda"), Column("num_parameters", "parameters"),
     Column("accuracy_mean", "accuracy", "%"), Column("accuracy_std", "std over seeds", "%"),
     Column("n_seeds", "seeds"), Column("accuracy_pe_at_eval_mean", "accuracy with PE also at test", "%"),
@@ -60,6 +78,7 @@ ACCURACY_COLUMNS = (
     Column("residual_mean", "relative residual at test"), Column("train_seconds_mean", "training wall clock", "s"),
     Column("paper_parameters", "parameters", reference_for="num_parameters"),
     Column("paper_accuracy", "accuracy", "%", reference_for="accuracy_mean"),
+    Column("paper_std", "std", "%", reference_for="accuracy_std"),
     Column("row_source", "row"), Column("choices", "settings the paper leaves open"),
     Column("n_test", "test images"), Column("profile"), Column("data_source", "data"),
 )
@@ -69,29 +88,37 @@ def _mean(values: list[float]) -> float | None:
     return statistics.fmean(values) if values else None
 
 
+def dataset_label(dataset: str) -> str:
+    """The table's name for a dataset key (the paper's dataset; the data actually used is in ``data_source``)."""
+    return DATASETS[dataset].display_name() if dataset in DATASETS else dataset
+
+
 def build_accuracy(job: TableJob, files: Sequence[str]) -> TableRows:
-    """One row per declared model: test accuracy mean and sample std over seeds, then the quoted rows."""
+    """One row per declared (dataset, model): test accuracy mean and sample std over seeds; then the quoted rows."""
     results = read_results(files)
-    by_model: dict[str, list[dict[str, Any]]] = {}
+    by_row: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    wanted = {(ds, name) for ds, name, _ in job.rows}
     for r in results:
-        train = r["train"]
-        if train["dataset"] != job.dataset:
-            raise ConfigError(f"{r['_file']}: a {train['dataset']} result in {job.table} (on {job.dataset})")
-        by_model.setdefault(train["model_name"], []).append(r)
+        key = (r["train"]["dataset"], r["train"]["model_name"])
+        if key not in wanted:
+            raise ConfigError(f"{r['_file']}: a {key[0]} result of {key[1]!r}, which {job.table} does not show")
+        by_row.setdefault(key, []).append(r)
     paper = PAPER_ROWS.get(job.table, {})
     labels = TABLE_ROW_LABELS.get(job.table, {})
     rows, sources, n_test = [], set(), set()
-    for name, model in job.models:
-        runs = by_model.get(name)
+    for dataset, name, model in job.rows:
+        runs = by_row.get((dataset, name))
         if not runs:
-            raise ConfigError(f"{job.table}: no evaluation of model {name!r}")
+            raise ConfigError(f"{job.table}: no evaluation of model {name!r} on {dataset}")
         accuracy = [r["accuracy"] for r in runs]
         sources.update(r["data_source"] for r in runs)
         n_test.update(r["n_test"] for r in runs)
-        reference = paper.get(name)
+        reference = paper.get(dataset, {}).get(name)
         rows.append({
-            "model": labels.get(name, model.label), "model_key": name, "coupling": model.coupling, "lam": model.lam,
-            "num_parameters": runs[0]["num_parameters"], "accuracy_mean": statistics.fmean(accuracy),
+            "dataset": dataset_label(dataset),
+            "model": labels.get(name, model.label), "model_key": name, "coupling": getattr(model, "coupling", "MDEQ"),
+            "lam": getattr(model, "lam", None), "num_parameters": runs[0]["num_parameters"],
+            "accuracy_mean": statistics.fmean(accuracy),
             "accuracy_std": statistics.stdev(accuracy) if len(accuracy) > 1 else float("nan"),
             "n_seeds": len(accuracy),
             "accuracy_pe_at_eval_mean": _mean([r["accuracy_pe_at_eval"] for r in runs if "accuracy_pe_at_eval" in r]),
@@ -100,11 +127,13 @@ def build_accuracy(job: TableJob, files: Sequence[str]) -> TableRows:
             "train_seconds_mean": _mean([r["train"]["train_seconds"] for r in runs]),
             "paper_parameters": reference[0] if reference else None,
             "paper_accuracy": reference[1] if reference else None,
+            "paper_std": reference[2] if reference else None,
             "row_source": "ours", "choices": model_choices(model), "n_test": runs[0]["n_test"],
             "profile": job.profile, "data_source": runs[0]["data_source"]})
-    for label, params, accuracy, where in QUOTED_ROWS.get(job.table, ()):
-        rows.append({"model": label, "paper_parameters": params, "paper_accuracy": accuracy,
-                     "row_source": f"quoted by the paper from {where}; not run here", "profile": job.profile})
+    for dataset, label, params, accuracy, where in QUOTED_ROWS.get(job.table, ()):
+        rows.append({"dataset": dataset_label(dataset), "model": label, "paper_parameters": params,
+                     "paper_accuracy": accuracy, "row_source": f"quoted by the paper from {where}; not run here",
+                     "profile": job.profile})
     seeds = sorted({r["train"]["seed"] for r in results})
     return TableRows(rows, {"seeds": seeds, "profile": job.profile, "data": "; ".join(sorted(sources)),
                             "n_test": ", ".join(map(str, sorted(n_test)))},
@@ -112,7 +141,8 @@ def build_accuracy(job: TableJob, files: Sequence[str]) -> TableRows:
 
 
 def accuracy_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    return {r["model_key"]: {"accuracy_mean": r["accuracy_mean"], "num_parameters": r["num_parameters"]}
+    return {f"{r['dataset']}/{r['model_key']}": {"accuracy_mean": r["accuracy_mean"],
+                                                 "num_parameters": r["num_parameters"]}
             for r in rows if r.get("row_source") == "ours"}
 
 
@@ -137,7 +167,7 @@ def build_convergence(job: TableJob, files: Sequence[str]) -> TableRows:
                                   "residual_q75", "seed")},
              "model": r["label"], "model_key": r["model_name"], "profile": job.profile,
              "data_source": trace["data_source"]} for r in trace["rows"]]
-    names = {name for name, _ in job.models}
+    names = {name for _, name, _ in job.rows}
     traced = {r["model_key"] for r in rows}
     if traced != names:
         raise ConfigError(f"{job.table}: traced models {sorted(traced)} differ from the declared {sorted(names)}")
@@ -197,6 +227,26 @@ TABLES = (
         metrics=accuracy_metrics,
     ),
     TableSpec(
+        name="moptqs_table1b", task=TASK, paper=PAPER, source="MOptEqs paper Table 1(b)",
+        title="MOptEqs Table 1(b): multi-scale MOptEqs against MDEQ on CIFAR-10",
+        caption=("Test accuracy of multi-scale MOptEqs (4 branches, finest at the input resolution) and MDEQ "
+                 "baselines of several sizes, mean and sample std over seeds {seeds}, {n_test} test images; both "
+                 "families use the same solver and training recipe. The 8.1M MOptEqs configuration is not described "
+                 "by the paper (C = 512 is our guess, AMBIG-A11). " + _CAPTION_COMMON),
+        columns=ACCURACY_COLUMNS, settings_of=_settings("moptqs_table1b"), build=build_accuracy,
+        metrics=accuracy_metrics,
+    ),
+    TableSpec(
+        name="moptqs_table2", task=TASK, paper=PAPER, source="MOptEqs paper Table 2(a) and 2(b)",
+        title="MOptEqs Table 2: CIFAR-100 and ImageNette",
+        caption=("Test accuracy of multi-scale MOptEqs and MDEQ baselines on CIFAR-100 (Table 2(a)) and ImageNette "
+                 "(Table 2(b), two stride-2 stem layers in front), mean and sample std over seeds {seeds}, {n_test} "
+                 "test images. The 8.1M / 10M MOptEqs configurations are not described by the paper (our guesses, "
+                 "AMBIG-A11). " + _CAPTION_COMMON),
+        columns=ACCURACY_COLUMNS, settings_of=_settings("moptqs_table2"), build=build_accuracy,
+        metrics=accuracy_metrics,
+    ),
+    TableSpec(
         name="moptqs_table3", task=TASK, paper=PAPER, source="MOptEqs paper Table 3 (appendix A.8)",
         title="MOptEqs Table 3: removing the diversity (D) and heritage (H) terms",
         caption=("Single-view MOptEqs without PE at lambda 0.02 and its ablations: - D is lambda 0, - H keeps the "
@@ -218,3 +268,4 @@ TABLES = (
         metrics=convergence_metrics, draw=draw_convergence, plot={"x": "iteration", "y": "residual_median"},
     ),
 )
+TABLES += (FIGURE2, FIGURE3A)  # declared in .analysis with their computations

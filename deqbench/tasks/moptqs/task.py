@@ -24,20 +24,29 @@ from deqbench.experiments.registry import Job
 from deqbench.experiments.runtime import DivergenceError, data_source_label, seed_everything
 from deqbench.experiments.settings import settings_hash, to_plain
 from deqbench.experiments.trainer import EpochBatches, LoopSettings, StepOutput, fit, standard_augment
+from deqbench.models.mdeq import MDEQClassifier
 from deqbench.models.moptqs import MOptEqs
-from deqbench.tasks.moptqs.settings import ConvergenceJob, EvaluateJob, ModelParams, TrainJob
+from deqbench.tasks.moptqs.analysis import run_figure2_data, run_figure3a_data
+from deqbench.tasks.moptqs.settings import (
+    AnyModel, BaselineParams, ConvergenceJob, EvaluateJob, Figure2Job, Figure3aJob, TrainJob,
+)
+
+Classifier = MOptEqs | MDEQClassifier
 
 # ----------------------------------------------------------------------------- model
 
 
-def build_model(model: ModelParams, data: dict[str, Any]) -> MOptEqs:
-    """The named model for the prepared data's channels, classes and image size."""
+def build_model(model: AnyModel, data: dict[str, Any]) -> Classifier:
+    """The declared model (an MOptEqs-family model or an MDEQ baseline) for the prepared data's channels, classes
+    and image size."""
     images = data["train"]["images"]
+    if isinstance(model, BaselineParams):
+        return MDEQClassifier(model.config(images.shape[1], data["meta"]["num_classes"]))
     return MOptEqs(model.config(images.shape[1], data["meta"]["num_classes"], data["image_size"]))
 
 
-def load_model(name: str, model: ModelParams, data: dict[str, Any], path: str | Path,
-               device: torch.device) -> tuple[MOptEqs, dict[str, Any]]:
+def load_model(name: str, model: AnyModel, data: dict[str, Any], path: str | Path,
+               device: torch.device) -> tuple[Classifier, dict[str, Any]]:
     """A trained model; refuses a checkpoint whose architecture differs from the settings'."""
     state = load_artifact(path, device)
     if state.get("model_settings") != to_plain(model):
@@ -72,6 +81,8 @@ def train(job: TrainJob, data: dict[str, Any], seed: int, out: str | Path, parti
     optimizer = torch.optim.SGD(model.parameters(), lr=job.lr, momentum=job.momentum, nesterov=job.nesterov,
                                 weight_decay=job.weight_decay)
     kwargs = solve_kwargs(job)
+    if isinstance(model, MOptEqs):
+        kwargs.update(gradient=job.model.gradient, one_step_iterations=job.one_step_iterations)
 
     def step_fn(step: int) -> StepOutput:
         idx = batches(step).indices
@@ -79,8 +90,7 @@ def train(job: TrainJob, data: dict[str, Any], seed: int, out: str | Path, parti
         if job.augment:
             images = standard_augment(images, torch.Generator().manual_seed(seed * 1_000_003 + step))
         stats: dict[str, Any] = {}
-        logits = model(images.to(device), stats=stats, gradient=job.model.gradient,
-                       one_step_iterations=job.one_step_iterations, **kwargs)
+        logits = model(images.to(device), stats=stats, **kwargs)
         labels = labels_all[idx].to(device)
         loss = F.cross_entropy(logits, labels)
         residual = stats["forward"].residual if "forward" in stats else stats["one_step_residual"]
@@ -91,9 +101,10 @@ def train(job: TrainJob, data: dict[str, Any], seed: int, out: str | Path, parti
     loop = LoopSettings(steps, job.checkpoint_every, job.log_every, job.lr, "multistep",
                         lr_milestones=job.lr_milestones, lr_gamma=job.lr_gamma)
     summary = {"dataset": job.dataset, "model_name": job.model_name, "label": job.model.label, "seed": seed,
+               "source": data["meta"]["name"],
                "data_source": data_source_label(data["meta"]), "model": model.describe(),
                "num_parameters": model.num_parameters(), "epochs": batches.epochs(steps), "steps": steps,
-               "gradient": job.model.gradient, "lr": job.lr, "weight_decay": job.weight_decay,
+               "gradient": getattr(job.model, "gradient", "implicit"), "lr": job.lr, "weight_decay": job.weight_decay,
                "batch_size": batches.batch_size, "augment": job.augment}
     meta = {"model_settings": to_plain(job.model)}
     result = fit(key=key, model=model, optimizer=optimizer, step_fn=step_fn, loop=loop, out_path=out,
@@ -105,7 +116,7 @@ def train(job: TrainJob, data: dict[str, Any], seed: int, out: str | Path, parti
 # ----------------------------------------------------------------------------- evaluation
 
 
-def _accuracy(model: MOptEqs, images_all: Tensor, labels_all: Tensor, job: EvaluateJob, device: torch.device,
+def _accuracy(model: Classifier, images_all: Tensor, labels_all: Tensor, job: EvaluateJob, device: torch.device,
               progress: bool, what: str) -> dict[str, float]:
     """Test accuracy (percent) and the mean forward iterations and final relative residual of its solves."""
     correct = torch.zeros((), device=device)
@@ -135,7 +146,7 @@ def evaluate(job: EvaluateJob, checkpoint: str | Path, data: dict[str, Any], dev
     seed_everything(0)
     name = Path(checkpoint).stem
     result = _accuracy(model, images_all, labels_all, job, device, progress, f"eval {name}")
-    if job.model.pe_eps > 0:  # the other PE-at-test setting (AMBIG-A6)
+    if isinstance(model, MOptEqs) and job.model.pe_eps > 0:  # the other PE-at-test setting (AMBIG-A6)
         other = model.with_config(pe_at_eval=not job.model.pe_at_eval).eval()
         flipped = _accuracy(other, images_all, labels_all, job, device, progress,
                             f"eval {name} (PE {'off' if job.model.pe_at_eval else 'on'} at test)")
@@ -144,7 +155,7 @@ def evaluate(job: EvaluateJob, checkpoint: str | Path, data: dict[str, Any], dev
     if not math.isfinite(result["accuracy"]):
         raise DivergenceError(f"{checkpoint}: non-finite accuracy {result}")
     return {**result, "n_test": len(labels_all), "num_parameters": model.num_parameters(),
-            "operator_norms": model.operator_norms(), "train": state["summary"],
+            "operator_norms": model.operator_norms() if isinstance(model, MOptEqs) else None, "train": state["summary"],
             "data_source": data_source_label(data["meta"])}
 
 
@@ -174,6 +185,28 @@ def convergence(job: ConvergenceJob, checkpoints: list[str], data: dict[str, Any
                          "residual_q75": float(quantiles[2, k]), "channels": params.channels,
                          "seed": state["summary"]["seed"]})
     return rows
+
+
+# ----------------------------------------------------------------------------- Figures 2 and 3(a)
+
+
+def figure2(job: Figure2Job, checkpoints: list[str], data: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Average D / H and the branch-2 / branch-1 channel correlation of trained models (Figure 2)."""
+    if len(checkpoints) != len(job.models):
+        raise ConfigError(f"figure2: {len(job.models)} models but {len(checkpoints)} checkpoints")
+    models = [(name, role, load_model(name, params, data, path, device)[0])  # rows are named by role
+              for (role, name, params), path in zip(job.models, checkpoints)]
+    return run_figure2_data(models, data, job.figure.samples, job.figure.max_iter, device)
+
+
+def figure3a(job: Figure3aJob, checkpoint: str, data: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Accuracy under reconstructed vs random feature perturbations (Figure 3(a))."""
+    model, _ = load_model(job.figure.model, job.model, data, checkpoint, device)
+    f = job.solver.forward
+    solve = {"solver": f.method, "max_iter": job.eval_max_iter, "tol": f.tol, "solver_options": f.options(),
+             "backward": "none"}
+    return run_figure3a_data(model, data, job.figure.eps, job.figure.trials, job.figure.seed, solve, job.figure.limit,
+                             device, model_key=job.figure.model, label=job.model.label)
 
 
 # ----------------------------------------------------------------------------- stages
@@ -209,3 +242,19 @@ def run_convergence(job: Job) -> None:
     atomic_write_json(a.out, {"rows": rows, "data_source": data_source_label(data["meta"]),
                               "provenance": job.provenance(seeds=[job.settings.convergence.seed])})
     print(f"traced {len(job.settings.models)} models -> {a.out}")
+
+
+def run_figure2(job: Job) -> None:
+    a = job.args
+    result = figure2(job.settings, list(a.checkpoints), load_artifact(a.data), job.device)
+    result["provenance"] = job.provenance(seeds=[job.settings.figure.seed])
+    atomic_write_json(a.out, result)
+    print(f"figure 2 statistics of {len(a.checkpoints)} models -> {a.out}")
+
+
+def run_figure3a(job: Job) -> None:
+    a = job.args
+    result = figure3a(job.settings, a.checkpoint, load_artifact(a.data), job.device)
+    result["provenance"] = job.provenance(seeds=[job.settings.figure.seed])
+    atomic_write_json(a.out, result)
+    print(f"figure 3(a) curves -> {a.out}")
