@@ -188,7 +188,12 @@ def test_figure4_draws_one_curve_per_lambda(mopt, tmp_path):
 
 def test_an_mdeq_baseline_trains_and_evaluates_through_the_same_path(mopt, data, tmp_path):
     job = mopt.train("cifar10", "mdeq_small")
+    assert job.model.adam_lr is not None  # MDEQ keeps its own optimiser
+    job = dataclasses.replace(job, model=dataclasses.replace(job.model, jac_reg=0.5))
     summary = task.train(job, data, 0, tmp_path / "b.pt", tmp_path / "bp.pt", CPU, progress=False)
-    assert summary["model"]["model"] == "MDEQClassifier" and summary["steps"] == 3
+    assert summary["model"]["model"] == "MDEQClassifier" and summary["steps"] == 3 and summary["optimizer"] == "Adam"
+    assert all(math.isfinite(h["loss"]) for h in summary["history"])
+    job = dataclasses.replace(job, model=dataclasses.replace(job.model, jac_reg=0.0))
+    task.train(job, data, 0, tmp_path / "b.pt", tmp_path / "bp.pt", CPU, progress=False)
     result = task.evaluate(mopt.evaluate("cifar10", "mdeq_small"), tmp_path / "b.pt", data, CPU, progress=False)
     assert result["operator_norms"] is None and "accuracy_pe_at_eval" not in result

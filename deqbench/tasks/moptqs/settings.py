@@ -68,6 +68,12 @@ class BaselineParams(MDEQParams):
     """An MDEQ baseline (``deqbench.models.mdeq``, GroupNorm, no BatchNorm), sized by its channel counts."""
 
     label: str = "MDEQ"
+    # Jacobian regularisation of the MDEQ's training loss (JIIO paper appendix C.4, Bai et al. 2021; Hutchinson
+    # estimate with one probe): the narrow embedded MDEQs do not converge without it.  0: none, as MDEQ.
+    jac_reg: NonNegativeFloat = 0.0
+    # MDEQ's own optimiser (the paper's small MDEQ changes "only the channel number ... without changing the training
+    # settings" of MDEQ): Adam with a cosine schedule; null: the moptqs.train recipe (SGD, multi-step).
+    adam_lr: PositiveFloat | None = None
 
 
 AnyModel = ModelParams | BaselineParams

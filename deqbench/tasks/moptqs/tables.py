@@ -58,8 +58,10 @@ def model_choices(model: AnyModel) -> str:
     """The settings the paper leaves open, as this model uses them (spec section A, AMBIG-A1/A3/A5/A6)."""
     if isinstance(model, BaselineParams):
         return (f"MDEQ baseline: channels {list(model.channels)}, expansion {model.expansion}, GroupNorm, "
-                f"weight norm {model.weight_norm}, stride-2 stem convs {model.stem_downsample}; the same solver and "
-                f"training recipe as the MOptEqs rows")
+                f"weight norm {model.weight_norm}, stride-2 stem convs {model.stem_downsample}; the same solver as "
+                f"the MOptEqs rows; " + (f"MDEQ's own optimiser, Adam {model.adam_lr:g} with a cosine schedule"
+                                          if model.adam_lr is not None else "the MOptEqs SGD recipe")
+                + (f"; Jacobian regularisation {model.jac_reg:g}" if model.jac_reg else ""))
     pe = f"PE eps {model.pe_eps:g} in training" + (" and at test" if model.pe_at_eval else " only") \
         if model.pe_eps > 0 else "no PE"
     return (f"{model.layout}, {model.branches} x {model.channels} ch; W {model.wnorm}-normalised (zeta "

@@ -17,6 +17,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
+from deqbench.core.deq import fixed_point
+from deqbench.core.jacobian import hutchinson_jacobian_loss
+from deqbench.core.norms import reset_norms
+from deqbench.core.state import flat_map, spec_of
 from deqbench.experiments.config import ConfigError
 from deqbench.experiments.io import atomic_torch_save, atomic_write_json, load_artifact
 from deqbench.experiments.prepared import prepare_classification
@@ -68,6 +72,20 @@ def solve_kwargs(job: TrainJob | EvaluateJob, max_iter: int | None = None) -> di
 # ----------------------------------------------------------------------------- training
 
 
+def mdeq_with_jacobian_loss(model: MDEQClassifier, images: Tensor, kwargs: dict[str, Any],
+                            stats: dict[str, Any]) -> tuple[Tensor, Tensor]:
+    """Logits at the MDEQ's equilibrium and the Hutchinson estimate of ||df/dz||_F^2 / dim there (one probe)."""
+    reset_norms(model)
+    injection = model.inject(images)
+
+    def layer(z: Any) -> Any:
+        return model.layer(z, injection)
+
+    z = fixed_point(layer, model.z0(images), stats=stats, **kwargs)
+    spec = spec_of(z)
+    return model.logits(z), hutchinson_jacobian_loss(flat_map(layer, spec), spec.flatten(z).detach(), 1)
+
+
 def train(job: TrainJob, data: dict[str, Any], seed: int, out: str | Path, partial: str | Path,
           device: torch.device, progress: bool = True) -> dict[str, Any]:
     """Train one model with SGD and the multi-step schedule (appendix A.6); resumable from ``partial``."""
@@ -78,11 +96,20 @@ def train(job: TrainJob, data: dict[str, Any], seed: int, out: str | Path, parti
     steps = batches.steps_per_epoch * job.epochs
     if job.max_steps is not None:
         steps = min(steps, job.max_steps)
-    optimizer = torch.optim.SGD(model.parameters(), lr=job.lr, momentum=job.momentum, nesterov=job.nesterov,
-                                weight_decay=job.weight_decay)
+    adam_lr = getattr(job.model, "adam_lr", None)
+    if adam_lr is not None:  # an MDEQ baseline with MDEQ's own recipe
+        optimizer: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=adam_lr)
+        loop = LoopSettings(steps, job.checkpoint_every, job.log_every, adam_lr, "cosine", lr_min=1e-6)
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=job.lr, momentum=job.momentum, nesterov=job.nesterov,
+                                    weight_decay=job.weight_decay)
+        loop = LoopSettings(steps, job.checkpoint_every, job.log_every, job.lr, "multistep",
+                            lr_milestones=job.lr_milestones, lr_gamma=job.lr_gamma)
     kwargs = solve_kwargs(job)
     if isinstance(model, MOptEqs):
         kwargs.update(gradient=job.model.gradient, one_step_iterations=job.one_step_iterations)
+
+    jac_reg = getattr(job.model, "jac_reg", 0.0)
 
     def step_fn(step: int) -> StepOutput:
         idx = batches(step).indices
@@ -90,21 +117,23 @@ def train(job: TrainJob, data: dict[str, Any], seed: int, out: str | Path, parti
         if job.augment:
             images = standard_augment(images, torch.Generator().manual_seed(seed * 1_000_003 + step))
         stats: dict[str, Any] = {}
-        logits = model(images.to(device), stats=stats, **kwargs)
         labels = labels_all[idx].to(device)
-        loss = F.cross_entropy(logits, labels)
+        if jac_reg > 0:
+            logits, jacobian = mdeq_with_jacobian_loss(model, images.to(device), kwargs, stats)
+            loss = F.cross_entropy(logits, labels) + jac_reg * jacobian
+        else:
+            logits = model(images.to(device), stats=stats, **kwargs)
+            loss = F.cross_entropy(logits, labels)
         residual = stats["forward"].residual if "forward" in stats else stats["one_step_residual"]
         accuracy = (logits.detach().argmax(1) == labels).float().mean()
         return StepOutput(loss, {"accuracy": accuracy, "residual": residual.mean()}, residual)
 
     key = f"{job.dataset}_{job.model_name}_seed{seed}"
-    loop = LoopSettings(steps, job.checkpoint_every, job.log_every, job.lr, "multistep",
-                        lr_milestones=job.lr_milestones, lr_gamma=job.lr_gamma)
     summary = {"dataset": job.dataset, "model_name": job.model_name, "label": job.model.label, "seed": seed,
                "source": data["meta"]["name"],
                "data_source": data_source_label(data["meta"]), "model": model.describe(),
                "num_parameters": model.num_parameters(), "epochs": batches.epochs(steps), "steps": steps,
-               "gradient": getattr(job.model, "gradient", "implicit"), "lr": job.lr, "weight_decay": job.weight_decay,
+               "gradient": getattr(job.model, "gradient", "implicit"), "lr": loop.lr, "optimizer": type(optimizer).__name__, "weight_decay": job.weight_decay,
                "batch_size": batches.batch_size, "augment": job.augment}
     meta = {"model_settings": to_plain(job.model)}
     result = fit(key=key, model=model, optimizer=optimizer, step_fn=step_fn, loop=loop, out_path=out,
