@@ -149,7 +149,10 @@ def test_claims_ledger(smoke):
         assert verdict.startswith(("holds", "does not hold", "not measured: ")), row
         if verdict.startswith(("holds", "does not hold")):
             assert "(reduced scale, stand-in data)" in verdict and row["our_value"] and row["evidence"]
-    assert by_id["MOPT-1"]["verdict"] == "not measured: not implemented yet (issue 10: MOptEqs)"
+    assert by_id["MOPT-10"]["verdict"] == "not measured: not implemented yet (issue 10: MOptEqs)"
+    assert by_id["MOPT-1"]["verdict"].startswith(("holds", "does not hold", "not measured: the MDEQ baseline near",
+                                                  "not measured: MOptEqs near"))  # measured on every profile
+    assert by_id["MOPT-16"]["verdict"].startswith(("holds", "does not hold"))
     assert by_id["JIIO-T1-RECON"]["verdict"].startswith("not measured: table1[model=JIIO-MDEQ].fid_reconstruction=n/a")
     assert by_id["JIIO-T2"]["verdict"].startswith(("holds", "does not hold"))  # Table 2 is measured on any profile
     assert json.loads((smoke / "results/metrics/claims.json").read_text())["holds"] >= 0

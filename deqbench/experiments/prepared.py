@@ -2,11 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch.nn.functional as F
 
-from deqbench.data import load_dataset, rms_norm
+from deqbench.data import DATASETS, load_dataset, rms_norm
+from deqbench.experiments.settings import PositiveInt
+
+ClassifierSource = Literal[tuple(DATASETS)]  # type: ignore[valid-type]
+
+
+@dataclass(frozen=True)
+class DataParams:
+    """A task's params.yaml entry for one classification dataset."""
+
+    source: ClassifierSource  # a dataset of deqbench.data (real, or an embedded stand-in)
+    image_size: PositiveInt
+
+
+@dataclass(frozen=True)
+class PrepareJob:
+    """What a prepare job reads: the task's key for the dataset, its entry and where real files live."""
+
+    dataset: str
+    data: DataParams
+    data_root: str
 
 
 def prepare_classification(key: str, source: str, image_size: int, data_root: str) -> dict[str, Any]:
@@ -27,3 +48,8 @@ def prepare_classification(key: str, source: str, image_size: int, data_root: st
                 "num_classes": data.num_classes}
     meta["rms_norm"] = rms_norm(splits["train"]["images"])
     return {"dataset": key, "image_size": image_size, "meta": meta, **splits}
+
+
+def run_prepare_job(job: PrepareJob) -> dict[str, Any]:
+    """:func:`prepare_classification` for a task's prepare job."""
+    return prepare_classification(job.dataset, job.data.source, job.data.image_size, job.data_root)

@@ -10,21 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Mapping
 
-from deqbench.data import DATASETS
 from deqbench.experiments.config import ConfigError, ProfileInfo
 from deqbench.experiments.params import MDEQParams, SolverParams
+from deqbench.experiments.prepared import DataParams, PrepareJob
 from deqbench.experiments.settings import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 METHODS = ("clean", "pgd", "jio")  # training methods and, in the same order, test-time attacks
-ClassifierSource = Literal[tuple(DATASETS)]  # type: ignore[valid-type]
 Selection = Literal["reference", "lowest_cost", "lowest_residual", "last"]
 Alpha = tuple[PositiveFloat, PositiveFloat, PositiveFloat]
-
-
-@dataclass(frozen=True)
-class DataParams:
-    source: ClassifierSource  # a dataset of deqbench.data (real, or an embedded stand-in)
-    image_size: PositiveInt
 
 
 @dataclass(frozen=True)
@@ -158,13 +151,6 @@ class JIOAttack:
 class Attack:
     pgd: PGDParams
     jio: JIOAttack
-
-
-@dataclass(frozen=True)
-class PrepareJob:
-    dataset: str
-    data: DataParams
-    data_root: str
 
 
 @dataclass(frozen=True)

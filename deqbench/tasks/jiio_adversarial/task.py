@@ -29,7 +29,7 @@ from deqbench.data import scaled_eps
 from deqbench.experiments.config import ConfigError
 from deqbench.experiments.io import atomic_torch_save, atomic_write_json, load_artifact
 from deqbench.experiments.memory import peak_memory, probe_in_child
-from deqbench.experiments.prepared import prepare_classification
+from deqbench.experiments.prepared import run_prepare_job as prepare_dataset
 from deqbench.experiments.registry import Job
 from deqbench.experiments.runtime import DivergenceError, data_source_label, seed_everything, sync
 from deqbench.experiments.settings import settings_hash, to_plain
@@ -38,15 +38,10 @@ from deqbench.inputopt.baselines import pgd
 from deqbench.inputopt.jiio import JIIOResult, jiio
 from deqbench.models.mdeq import MDEQClassifier
 from deqbench.tasks.jiio_adversarial.settings import (
-    EvaluateJob, JIOAttack, MemoryJob, Network, PGDParams, PrepareJob, TimingJob, TrainJob,
+    EvaluateJob, JIOAttack, MemoryJob, Network, PGDParams, TimingJob, TrainJob,
 )
 
 # ----------------------------------------------------------------------------- data and model
-
-
-def prepare_dataset(job: PrepareJob) -> dict[str, Any]:
-    """Both splits of the job's dataset, resized to its image size, with where they came from."""
-    return prepare_classification(job.dataset, job.data.source, job.data.image_size, job.data_root)
 
 
 def input_scale(net: Network, meta: dict[str, Any]) -> float:

@@ -10,22 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Literal, Mapping
 
-from deqbench.data import DATASETS
 from deqbench.experiments.config import ConfigError, ProfileInfo
 from deqbench.experiments.params import MDEQParams, SolverParams
+from deqbench.experiments.prepared import DataParams, PrepareJob
 from deqbench.experiments.settings import (
     Above, Max, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt,
 )
 from deqbench.models.moptqs import MOptEqsConfig
 
-ClassifierSource = Literal[tuple(DATASETS)]  # type: ignore[valid-type]
 Fraction = Annotated[float, Above(0), Max(1)]
-
-
-@dataclass(frozen=True)
-class DataParams:
-    source: ClassifierSource  # a dataset of deqbench.data (real, or an embedded stand-in)
-    image_size: PositiveInt
 
 
 @dataclass(frozen=True)
@@ -164,13 +157,6 @@ class MOptEqsParams:
 
 
 # ----------------------------------------------------------------------------- what each job reads
-
-
-@dataclass(frozen=True)
-class PrepareJob:
-    dataset: str
-    data: DataParams
-    data_root: str
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from deqbench.core.norms import reset_norms
 from deqbench.core.state import flat_map, spec_of
 from deqbench.experiments.config import ConfigError
 from deqbench.experiments.io import atomic_torch_save, atomic_write_json, load_artifact
-from deqbench.experiments.prepared import prepare_classification
+from deqbench.experiments.prepared import run_prepare_job
 from deqbench.experiments.registry import Job
 from deqbench.experiments.runtime import DivergenceError, data_source_label, seed_everything
 from deqbench.experiments.settings import settings_hash, to_plain
@@ -243,7 +243,7 @@ def figure3a(job: Figure3aJob, checkpoint: str, data: dict[str, Any], device: to
 
 def run_prepare(job: Job) -> None:
     j = job.settings
-    prepared = prepare_classification(j.dataset, j.data.source, j.data.image_size, j.data_root)
+    prepared = run_prepare_job(j)
     prepared["provenance"] = job.provenance()
     atomic_torch_save(job.args.out, prepared)
     print(f"{j.dataset}: {data_source_label(prepared['meta'])}, train {len(prepared['train']['labels'])}, "
