@@ -1,10 +1,12 @@
-# MOptEqs (Li, Wang, Xie, Lin, ICLR 2022): Tables 1(a), 1(b), 2 and 3, Figures 2, 3(a) and 4.
+# MOptEqs (Li, Wang, Xie, Lin, ICLR 2022): Tables 1(a), 1(b), 2-6, Figures 2, 3(a)-(c) and 4.
 # Task: deqbench/tasks/moptqs (settings, stages, table declarations); params: the moptqs block.
 # One rule trains every (dataset, model, seed) of moptqs.models / .baselines; a model shared by two tables is trained once.
 # Resumable partial checkpoints live in data/moptqs/<profile>/.partial, outside the declared outputs.
+# Table 4 (ImageNet) has no stand-in: `snakemake results/moptqs_table4.csv` builds it from the real files only.
 from deqbench.tasks.moptqs import TASK as MOPT_TASK
 
-MOPT = PIPE.settings["moptqs"].params
+MOPT_SETTINGS = PIPE.settings["moptqs"]
+MOPT = MOPT_SETTINGS.params
 MOPT_DATASETS = "|".join(MOPT.datasets)
 MOPT_MODELS = "|".join([*MOPT.models, *MOPT.baselines])
 
@@ -21,12 +23,23 @@ def mopt_evaluation(dataset, model, seed):
     return f"results/moptqs/{P}/{dataset}/{model}/seed{seed}.json"
 
 
+def mopt_attack(dataset, model, seed):
+    return f"results/moptqs/{P}/{dataset}/{model}/seed{seed}_pgd.json"
+
+
 def mopt_table_inputs(table):
-    """Every evaluation a table needs (its models x the profile's seeds), or Figure 4's trace."""
-    if table in ("moptqs_figure2", "moptqs_figure3a", "moptqs_figure4"):
+    """Every per-job result a table or figure reads."""
+    if table in ("moptqs_figure2", "moptqs_figure3a"):
         return [f"results/moptqs/{P}/{table.removeprefix('moptqs_')}_data.json"]
-    spec = MOPT.tables[table]
-    return [mopt_evaluation(ds, m, seed) for ds, models in spec.rows.items() for m in models for seed in PIPE.info.seeds]
+    if table == "moptqs_figure4":
+        return [f"results/moptqs/{P}/figure4{panel}_data.json" for panel in MOPT.convergence.panels]
+    job = MOPT_SETTINGS.table(table)
+    if table in ("moptqs_table5", "moptqs_figure3b"):
+        return [mopt_attack(ds, m, seed) for ds, m, _ in job.rows for seed in job.seeds]
+    files = [mopt_evaluation(ds, m, seed) for ds, m, _ in job.rows for seed in job.seeds]
+    if table == "moptqs_table6":
+        files.append(f"results/moptqs/{P}/table6_cost.json")
+    return files
 
 
 rule moptqs_prepare:
@@ -91,21 +104,65 @@ rule moptqs_evaluate:
         "--checkpoint {input.checkpoint:q} --out {output:q} > {log:q} 2>&1"
 
 
+rule moptqs_attack:
+    input:
+        data=lambda wc: mopt_prepared(wc.dataset),
+        checkpoint=lambda wc: mopt_checkpoint(wc.dataset, wc.model, wc.seed),
+    output:
+        f"results/moptqs/{P}/{{dataset}}/{{model}}/seed{{seed}}_pgd.json",
+    wildcard_constraints:
+        dataset=MOPT_DATASETS,
+        model=MOPT_MODELS,
+        seed=r"[0-9]+",
+    params:
+        settings=lambda wc: PIPE.job_hash("moptqs", "attack", dataset=wc.dataset, model=wc.model),
+    log:
+        f"logs/{P}/moptqs_attack_{{dataset}}_{{model}}_seed{{seed}}.log",
+    threads: JOB_THREADS
+    resources:
+        gpu=GPU,
+        mem_mb=4000,
+    shell:
+        DEQBENCH + " moptqs attack --data {input.data:q} --dataset {wildcards.dataset:q} --model {wildcards.model:q} "
+        "--checkpoint {input.checkpoint:q} --out {output:q} > {log:q} 2>&1"
+
+
 rule moptqs_convergence:
     input:
-        data=mopt_prepared(MOPT.convergence.dataset),
-        checkpoints=[mopt_checkpoint(MOPT.convergence.dataset, m, MOPT.convergence.seed) for m in MOPT.convergence.models],
+        data=lambda wc: mopt_prepared(MOPT.convergence.panels[wc.panel].dataset),
+        checkpoints=lambda wc: [mopt_checkpoint(MOPT.convergence.panels[wc.panel].dataset, m, MOPT.convergence.seed)
+                                for m in MOPT.convergence.panels[wc.panel].models],
     output:
-        f"results/moptqs/{P}/figure4_data.json",
+        f"results/moptqs/{P}/figure4{{panel}}_data.json",
+    wildcard_constraints:
+        panel="|".join(MOPT.convergence.panels),
     params:
-        settings=PIPE.job_hash("moptqs", "convergence"),
+        settings=lambda wc: PIPE.job_hash("moptqs", "convergence", panel=wc.panel),
     log:
-        f"logs/{P}/moptqs_convergence.log",
+        f"logs/{P}/moptqs_convergence_{{panel}}.log",
     threads: JOB_THREADS
     resources:
         gpu=GPU,
     shell:
-        DEQBENCH + " moptqs convergence --data {input.data:q} --checkpoints {input.checkpoints:q} --out {output:q} "
+        DEQBENCH + " moptqs convergence --data {input.data:q} --panel {wildcards.panel:q} "
+        "--checkpoints {input.checkpoints:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule moptqs_cost:
+    input:
+        data=mopt_prepared(MOPT.cost.dataset),
+        checkpoints=[mopt_checkpoint(MOPT.cost.dataset, m, MOPT.cost.seed) for m in MOPT.cost.models],
+    output:
+        f"results/moptqs/{P}/table6_cost.json",
+    params:
+        settings=PIPE.job_hash("moptqs", "cost"),
+    log:
+        f"logs/{P}/moptqs_cost.log",
+    threads: JOB_THREADS
+    resources:
+        gpu=GPU,
+    shell:
+        DEQBENCH + " moptqs cost --data {input.data:q} --checkpoints {input.checkpoints:q} --out {output:q} "
         "> {log:q} 2>&1"
 
 

@@ -380,8 +380,8 @@ def test_limit_option():
 
 
 def test_unknown_dataset_name():
-    with pytest.raises(ValueError, match="'imagenet'") as info:
-        load_dataset("imagenet", "train")
+    with pytest.raises(ValueError, match="'imagenet21k'") as info:
+        load_dataset("imagenet21k", "train")
     for known in ("mnist", "cifar10", "digits28", "sample-patches32"):
         assert known in str(info.value)
 

@@ -60,8 +60,9 @@ def test_a_table_naming_an_unknown_model_fails_naming_the_key():
         settings(tables={"moptqs_table1a": {"rows": {"cifar10": ["nope"]}}})
     with pytest.raises(ConfigError, match=r"moptqs\.tables\.moptqs_table1a\.rows\.svhn: dataset 'svhn'"):
         settings(tables={"moptqs_table1a": {"rows": {"svhn": ["moptqs"]}}})
-    with pytest.raises(ConfigError, match=r"moptqs\.convergence: 'mdeq_small' has no entry in .*moptqs\.models$"):
-        settings(convergence={"models": ["mdeq_small"]})  # a baseline has no HH&D to trace
+    with pytest.raises(ConfigError, match=r"moptqs\.convergence\.panels\.a: 'mdeq_small' has no entry in "
+                                          r".*moptqs\.models$"):
+        settings(convergence={"panels": {"a": {"dataset": "cifar10", "models": ["mdeq_small"]}}})  # no HH&D to trace
     with pytest.raises(ConfigError, match=r"keys \['moptqs'\] are in both models and baselines"):
         settings(baselines={"moptqs": dict(settings().params.baselines["mdeq_small"].__dict__)})
 
@@ -169,17 +170,24 @@ def test_accuracy_tables_are_computed_from_the_runs_with_quoted_rows_apart(mopt,
     assert {r["coupling"] for r in table2.rows} == {"MDEQ", "hhd"} and all(r["paper_accuracy"] for r in table2.rows)
 
 
-def test_figure4_draws_one_curve_per_lambda(mopt, tmp_path):
+def test_figure4_draws_one_curve_per_lambda_and_a_panel_per_trace(mopt, tmp_path):
     job = mopt.table("moptqs_figure4")
-    rows = [{"model_name": m, "label": p.label, "lam": p.lam, "channels": p.channels, "iteration": k + 1,
-             "residual_median": 10.0 ** -(k * (3 - i)), "residual_q25": 0.0, "residual_q75": 1.0, "seed": 0}
-            for i, (_, m, p) in enumerate(job.rows) for k in range(4)]
-    trace = tmp_path / "trace.json"
-    trace.write_text(json.dumps({"rows": rows, "data_source": "stand-in"}))
-    built = SPECS["moptqs_figure4"].build(job, [str(trace)])
-    assert len({r["model_key"] for r in built.rows}) == 3
+    panel_of = dict((m, p) for p, m in job.extra)
+    rows = [{"panel": panel_of[m], "model_name": m, "label": p.label, "lam": p.lam, "channels": p.channels,
+             "iteration": k + 1, "residual_median": 10.0 ** -(k * (3 - i)), "residual_q25": 0.0, "residual_q75": 1.0,
+             "seed": 0} for i, (_, m, p) in enumerate(job.rows) for k in range(4)]
+    files = []
+    for panel in sorted(set(panel_of.values())):
+        trace = tmp_path / f"trace{panel}.json"
+        trace.write_text(json.dumps({"panel": panel, "rows": [r for r in rows if r["panel"] == panel],
+                                     "data_source": "stand-in"}))
+        files.append(str(trace))
+    with pytest.raises(ConfigError, match="one trace file per panel"):
+        SPECS["moptqs_figure4"].build(job, files[:1])
+    built = SPECS["moptqs_figure4"].build(job, files)
+    assert len({r["model_key"] for r in built.rows}) == 4 and {r["panel"] for r in built.rows} == {"a", "b"}
     metrics = SPECS["moptqs_figure4"].metrics(built.rows)
-    first, _, last = (metrics[m] for _, m, _ in job.rows)
+    first, _, last = (metrics[m] for _, m, _ in job.rows[:3])
     assert first["iterations_to_1e-3"] == 3 and last["iterations_to_1e-3"] is None
     png = tmp_path / "moptqs_figure4.png"
     SPECS["moptqs_figure4"].draw(built.rows, png, "caption")
@@ -193,7 +201,7 @@ def test_an_mdeq_baseline_trains_and_evaluates_through_the_same_path(mopt, data,
     summary = task.train(job, data, 0, tmp_path / "b.pt", tmp_path / "bp.pt", CPU, progress=False)
     assert summary["model"]["model"] == "MDEQClassifier" and summary["steps"] == 3 and summary["optimizer"] == "Adam"
     assert all(math.isfinite(h["loss"]) for h in summary["history"])
-    job = dataclasses.replace(job, model=dataclasses.replace(job.model, jac_reg=0.0))
-    task.train(job, data, 0, tmp_path / "b.pt", tmp_path / "bp.pt", CPU, progress=False)
+    task.train(mopt.train("cifar10", "mdeq_small"), data, 0, tmp_path / "b.pt", tmp_path / "bp.pt", CPU,
+               progress=False)  # as declared (the embedded baselines carry jac_reg 0.1)
     result = task.evaluate(mopt.evaluate("cifar10", "mdeq_small"), tmp_path / "b.pt", data, CPU, progress=False)
     assert result["operator_norms"] is None and "accuracy_pe_at_eval" not in result

@@ -16,6 +16,7 @@ name                     real?     shape            classes   where the data com
 ``cifar10``              real      (3, 32, 32)      10        ``<root>/cifar-10-batches-py/`` (pickles)
 ``cifar100``             real      (3, 32, 32)      100       ``<root>/cifar-100-python/{train,test}`` (pickles)
 ``imagenette``           real      (3, 256, 256)    10        ``<root>/imagenette2/{train,val}/<wnid>/*.JPEG``
+``imagenet``             real      (3, 224, 224)    1000      ``<root>/imagenet/{train,val}/<wnid>/*.JPEG``
 ``digits28``             stand-in  (1, 28, 28)      10        scikit-learn ``load_digits()`` (for mnist)
 ``sample-patches32``     stand-in  (3, 32, 32)      10        photos in sklearn/skimage (for cifar10)
 ``sample-patches32-40``  stand-in  (3, 32, 32)      40        the same photos, 4 bands each (for cifar100)
@@ -23,7 +24,11 @@ name                     real?     shape            classes   where the data com
 =======================  ========  ===============  ========  ================================================
 
 ``imagenette`` is 256 px by default (the paper's input size; option
-``image_size``), and its ``test`` split reads ``val/``.
+``image_size``), and its ``test`` split reads ``val/``.  ``imagenet``
+(ILSVRC-2012, ImageFolder layout with val/ sorted into wnid folders) is 224 px
+by default, its ``test`` split reads ``val/``, and ``train_per_class`` /
+``test_per_class`` keep the first N files per class: the full train split is
+about 770 GB as float32, so it has no embedded stand-in and needs those limits.
 
 ``root`` defaults to ``$DEQBENCH_DATA``, else ``./data``.  Missing real files
 raise :class:`DatasetNotFoundError` naming each expected path and how to get
@@ -33,7 +38,8 @@ exact file formats, preprocessing and split rules.
 Options common to every dataset: ``limit`` (keep the first ``limit`` examples
 after a shuffle with ``numpy.random.default_rng(limit_seed)``, default
 ``limit_seed=0``).  Per-dataset options are listed in ``DATASETS[name].options``
-(e.g. ``train_per_class``/``test_per_class`` for ``sample-patches32``, ``image_size`` for ``imagenette``).
+(e.g. ``train_per_class``/``test_per_class`` for ``sample-patches32``, ``image_size`` for ``imagenette``;
+``image_size``, ``train_per_class``, ``test_per_class`` for ``imagenet``).
 """
 
 from __future__ import annotations
@@ -56,7 +62,7 @@ from .embedded import (
     load_sample_patches32_40,
     load_sample_patches64,
 )
-from .real import load_cifar10, load_cifar100, load_imagenette, load_mnist
+from .real import load_cifar10, load_cifar100, load_imagenet, load_imagenette, load_mnist
 
 __all__ = [
     "LabeledImages",
@@ -129,6 +135,16 @@ DATASETS: dict[str, DatasetSpec] = {
             "9469 train / 3925 test (= val)", label="ImageNette", options={"image_size": 256},
             rms_norm=(256 * 256 * sum(m * m + v * v for m, v in ((0.485, 0.229), (0.456, 0.224), (0.406, 0.225))))
             ** 0.5,  # ImageNet per-channel means and stds, at 256 px: 223.4
+        ),
+        DatasetSpec(
+            "imagenet", load_imagenet, (3, 224, 224), 1000,
+            "ImageNet (ILSVRC-2012) in ImageFolder layout <root>/imagenet/{train,val}/<wnid>/*.JPEG (val sorted into "
+            "wnid folders), exactly 1000 wnid classes in sorted order; shorter side resized to image_size then "
+            "centre-cropped to image_size (default 224); train_per_class/test_per_class keep the first N files per "
+            "class (the full train split is ~770 GB as float32); 1281167 train / 50000 test (= val)",
+            label="ImageNet", options={"image_size": 224, "train_per_class": None, "test_per_class": None},
+            rms_norm=(224 * 224 * sum(m * m + v * v for m, v in ((0.485, 0.229), (0.456, 0.224), (0.406, 0.225))))
+            ** 0.5,  # ImageNet per-channel means and stds, at 224 px: 195.5
         ),
         DatasetSpec(
             "digits28", load_digits28, (1, 28, 28), 10,

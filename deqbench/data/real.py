@@ -1,4 +1,4 @@
-"""Readers for the real MNIST, CIFAR-10, CIFAR-100 and ImageNette files (nothing is ever downloaded).
+"""Readers for the real MNIST, CIFAR-10, CIFAR-100, ImageNette and ImageNet files (nothing is ever downloaded).
 
 MNIST
     The raw IDX files in torchvision's layout, ``<root>/MNIST/raw/``:
@@ -35,6 +35,18 @@ ImageNette
     input size) and centre-cropped to ``image_size`` squared, exactly like
     ``Resize(image_size)`` + ``CenterCrop(image_size)`` on PIL images.
 
+ImageNet
+    ILSVRC-2012 classification in the standard ``ImageFolder`` layout,
+    ``<root>/imagenet/train/<wnid>/*.JPEG`` (1281167 images) and
+    ``<root>/imagenet/val/<wnid>/*.JPEG`` (50000, after sorting the flat val
+    tarball into wnid folders; our ``test`` split), with exactly 1000 class
+    folders named like ``n01440764`` (``n`` + 8 digits).  Classes are the sorted
+    wnids (torchvision ``ImageFolder`` order, label = index); files, decoding,
+    ``Resize`` + ``CenterCrop`` to ``image_size`` (default 224) as for
+    ImageNette.  ``train_per_class``/``test_per_class`` keep only the first N
+    files of each class (in that sorted order), because the whole train split
+    does not fit in memory (see :func:`load_imagenet`).
+
 Images are returned as float32 ``value / 255`` in ``[0, 1]`` without any
 normalisation, labels as int64.
 """
@@ -44,6 +56,7 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -57,6 +70,7 @@ __all__ = [
     "load_cifar10",
     "load_cifar100",
     "load_imagenette",
+    "load_imagenet",
     "read_idx",
     "resize_center_crop",
     "MNIST_CLASSES",
@@ -64,6 +78,8 @@ __all__ = [
     "IMAGENETTE_CLASSES",
     "IMAGENETTE_URL",
     "IMAGE_EXTENSIONS",
+    "IMAGENET_NUM_CLASSES",
+    "IMAGENET_URL",
 ]
 
 MNIST_CLASSES = tuple(str(i) for i in range(10))
@@ -93,6 +109,11 @@ IMAGENETTE_CLASSES: dict[str, str] = {
 }
 _IMAGENETTE_DIRS = {"train": "train", "test": "val"}
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
+
+IMAGENET_URL = "https://image-net.org/challenges/LSVRC/2012/"
+IMAGENET_NUM_CLASSES = 1000
+_IMAGENET_DIRS = {"train": "train", "test": "val"}
+_WNID = re.compile(r"n[0-9]{8}")
 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -335,15 +356,33 @@ def resize_center_crop(path: Path, size: int) -> np.ndarray:
     return np.array(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 
+def _positive_size(image_size) -> int:
+    if isinstance(image_size, bool) or int(image_size) != image_size or image_size < 1:
+        raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
+    return int(image_size)
+
+
+def _read_resized(files: list[Path], size: int) -> torch.Tensor:
+    """``(len(files), 3, size, size)`` float32 in [0, 1]: :func:`resize_center_crop` of each file, decoded by a
+    thread pool."""
+    x = torch.empty((len(files), 3, size, size), dtype=torch.float32)
+
+    def fill(i: int) -> None:
+        x[i].copy_(torch.from_numpy(resize_center_crop(files[i], size)).permute(2, 0, 1)).div_(255.0)
+
+    # PIL releases the GIL while decoding and resizing, so threads scale
+    with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
+        list(pool.map(fill, range(len(files))))
+    return x
+
+
 def load_imagenette(split: str, root: Path, *, image_size: int = 256) -> LabeledImages:
     """ImageNette (full-size ``imagenette2``) at ``image_size`` px, all in memory.
 
     Memory: float32 ``(N, 3, S, S)`` is 7.4 GB for the 9469 train images at S = 256 (3.1 GB for the 3925 val
     images); pass a smaller ``image_size`` (e.g. 128: a quarter of that) to shrink it.
     """
-    if isinstance(image_size, bool) or int(image_size) != image_size or image_size < 1:
-        raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
-    size = int(image_size)
+    size = _positive_size(image_size)
     folder = root / "imagenette2" / _IMAGENETTE_DIRS[split]
     expected = [folder / wnid for wnid in IMAGENETTE_CLASSES]
     missing = [str(p) for p in expected if not p.is_dir()]
@@ -372,14 +411,7 @@ def load_imagenette(split: str, root: Path, *, image_size: int = 256) -> Labeled
             raise ValueError(f"{class_dir}: no {'/'.join(IMAGE_EXTENSIONS)} images")
         files.extend(found)
         labels.extend([label] * len(found))
-    x = torch.empty((len(files), 3, size, size), dtype=torch.float32)
-
-    def fill(i: int) -> None:
-        x[i].copy_(torch.from_numpy(resize_center_crop(files[i], size)).permute(2, 0, 1)).div_(255.0)
-
-    # PIL releases the GIL while decoding and resizing, so threads scale
-    with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
-        list(pool.map(fill, range(len(files))))
+    x = _read_resized(files, size)
     return LabeledImages(
         images=x,
         labels=torch.tensor(labels, dtype=torch.int64),
@@ -391,4 +423,106 @@ def load_imagenette(split: str, root: Path, *, image_size: int = 256) -> Labeled
         stand_in_for=None,
         split=split,
         class_names=tuple(IMAGENETTE_CLASSES.values()),
+    )
+
+
+# --------------------------------------------------------------------------- ImageNet (ILSVRC-2012)
+
+
+def _per_class(value, name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+    return int(value)
+
+
+def _imagenet_classes(folder: Path) -> list[str]:
+    """The sorted wnid sub-folders of ``folder``; ValueError unless they are exactly 1000 names ``n`` + 8 digits."""
+    names = sorted(e.name for e in os.scandir(folder) if e.is_dir())
+    bad = [n for n in names if not _WNID.fullmatch(n)]
+    problems = []
+    if len(names) != IMAGENET_NUM_CLASSES:
+        problems.append(f"found {len(names)} class folders, expected exactly {IMAGENET_NUM_CLASSES}")
+    if bad:
+        shown = ", ".join(repr(n) for n in bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        problems.append(f"{len(bad)} folder name(s) are not wnids like 'n01440764' ('n' + 8 digits): {shown}")
+    if problems:
+        # a missing or foreign class folder would shift the ImageFolder label of every later class
+        raise ValueError(
+            f"{folder}: not an ILSVRC-2012 ImageFolder split: {'; '.join(problems)}. Expected one folder per "
+            f"class wnid holding that class's .JPEG images (val/ must be sorted into wnid folders first)"
+        )
+    return names
+
+
+def load_imagenet(
+    split: str,
+    root: Path,
+    *,
+    image_size: int = 224,
+    train_per_class: int | None = None,
+    test_per_class: int | None = None,
+) -> LabeledImages:
+    """ImageNet (ILSVRC-2012) classification at ``image_size`` px, all in memory.
+
+    ``split`` ``"train"`` reads ``<root>/imagenet/train/``, ``"test"`` reads ``<root>/imagenet/val/``, each with
+    exactly 1000 wnid folders (labels = their sorted order, as torchvision ``ImageFolder``).  ``train_per_class``
+    (used for ``"train"``) and ``test_per_class`` (used for ``"test"``) keep only the first N files of each class in
+    sorted order; None keeps all.
+
+    Memory: everything is decoded into one float32 ``(N, 3, S, S)`` tensor, 602112 bytes per image at S = 224.
+    The full train split is 1281167 x 3 x 224 x 224 x 4 bytes, about 770 GB, and val 50000 images, about 30 GB.
+    A paper-scale ImageNet run therefore needs ``train_per_class``/``test_per_class`` (e.g. 100 per class:
+    100000 images, about 60 GB) or a streaming loader, which deqbench does not provide.
+    """
+    size = _positive_size(image_size)
+    limits = {"train": _per_class(train_per_class, "train_per_class"),
+              "test": _per_class(test_per_class, "test_per_class")}
+    per_class = limits[split]
+    base = root / "imagenet"
+    folder = base / _IMAGENET_DIRS[split]
+    if not folder.is_dir():
+        raise DatasetNotFoundError(
+            f"ImageNet (ILSVRC-2012) {split} split not found: expected the folder {folder} with 1000 sub-folders "
+            f"<wnid>/ (e.g. {folder / 'n01440764'}) of .JPEG images. "
+            f"This machine is offline and nothing is downloaded at run time: on a machine with internet, register "
+            f"at {IMAGENET_URL} and download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar; extract the train "
+            f"tarball into train/ and each of its per-class tars into train/<wnid>/; extract the val tarball into "
+            f"val/ and sort its 50000 flat images into val/<wnid>/ folders (e.g. with the widely used valprep.sh "
+            f"script, or torchvision.datasets.ImageNet with ILSVRC2012_devkit_t12.tar.gz); then copy train/ and "
+            f"val/ to {base}/ (pass root={root} or set $DEQBENCH_DATA); our 'test' split reads val/. "
+            f"There is no embedded stand-in for ImageNet, so the ImageNet experiments (MOptEqs Table 4) are out "
+            f"of scope offline.",
+            missing=(str(folder),),
+        )
+    classes = _imagenet_classes(folder)
+    files: list[Path] = []
+    labels: list[int] = []
+    for label, wnid in enumerate(classes):
+        found = _image_files(folder / wnid)
+        if not found:
+            raise ValueError(f"{folder / wnid}: no {'/'.join(IMAGE_EXTENSIONS)} images")
+        if per_class is not None:
+            found = found[:per_class]
+        files.extend(found)
+        labels.extend([label] * len(found))
+    x = _read_resized(files, size)
+    option = "train_per_class" if split == "train" else "test_per_class"
+    kept = (
+        "all files of every class" if per_class is None
+        else f"the first {per_class} files of each class in sorted order ({option}={per_class})"
+    )
+    return LabeledImages(
+        images=x,
+        labels=torch.tensor(labels, dtype=torch.int64),
+        num_classes=IMAGENET_NUM_CLASSES,
+        name="imagenet",
+        source=f"ImageNet (ILSVRC-2012) {split} split: {len(files)} images of {folder}/<wnid>/, {kept}, in "
+        f"torchvision ImageFolder order (classes = the {IMAGENET_NUM_CLASSES} sorted wnids, files sorted); each "
+        f"converted to RGB, resized with PIL bilinear (antialiased) so the shorter side is {size} px and "
+        f"centre-cropped to {size}x{size}; pixels uint8/255",
+        stand_in_for=None,
+        split=split,
+        class_names=tuple(classes),
     )

@@ -73,15 +73,20 @@ class Evaluation:
 class Tables:
     """Our tables (CSV rows and provenance) under ``root``, and which column holds the paper's value of which."""
 
-    def __init__(self, root: str | Path, reference_columns: Mapping[str, Mapping[str, str]]):
+    def __init__(self, root: str | Path, reference_columns: Mapping[str, Mapping[str, str]],
+                 needs: Mapping[str, str] | None = None):
         self.root = Path(root)
         self.reference_columns = reference_columns
+        self.needs = dict(needs or {})  # table -> the real dataset it cannot run without
         self._rows: dict[str, list[dict[str, str]]] = {}
 
     def rows(self, table: str) -> list[dict[str, str]]:
         if table not in self._rows:
             path = self.root / (EXTRA_TABLES[table][0] if table in EXTRA_TABLES else f"{table}.csv")
             if not path.exists():
+                if table in self.needs:
+                    raise NotMeasured(f"{self.needs[table]}: {path} is built only on request, from the real "
+                                      f"{self.needs[table]} files (no embedded stand-in)")
                 raise NotMeasured(f"{path} not built")
             with path.open() as fh:
                 self._rows[table] = list(csv.DictReader(fh))
@@ -402,10 +407,12 @@ def run(args: argparse.Namespace) -> None:
     """``deqbench claims``: evaluate every claim on the tables in ``--results`` and write the ledger."""
     from deqbench.experiments.registry import all_tables
 
-    reference, columns = declared_tables(all_tables())
+    specs = all_tables()
+    reference, columns = declared_tables(specs)
     claims = load_claims(args.claims)
     validate(claims, reference, columns)
-    rows = ledger(Tables(args.results, reference), claims)
+    needs = {name: spec.needs for name, spec in specs.items() if spec.needs}
+    rows = ledger(Tables(args.results, reference, needs), claims)
     write_ledger(rows, args.out, provenance({"claims_file": str(args.claims), "results": str(args.results)}, "cpu"))
     counts = summary(rows)
     print(f"claims: {counts['holds']} hold, {counts['does_not_hold']} do not hold, {counts['not_measured']} not "

@@ -70,6 +70,9 @@ class TableSpec:
     metrics: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None
     draw: Callable[[list[dict[str, Any]], Path, str], None] | None = None
     plot: Mapping[str, str] | None = None
+    # A real dataset the table cannot run without and that has no embedded stand-in (e.g. "ImageNet"): such a table
+    # is built only when asked for by name, and its claims read "not measured" until then.
+    needs: str | None = None
 
     def reference_columns(self) -> dict[str, str]:
         """Measured column -> the column holding the paper's value of it."""

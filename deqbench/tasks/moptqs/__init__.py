@@ -7,8 +7,9 @@ The whole path of these tables: ``params.yaml`` (``moptqs`` block) -> ``pipeline
 from __future__ import annotations
 
 from deqbench.experiments.registry import Arg, Stage, Task, register
-from deqbench.tasks.moptqs import task
-from deqbench.tasks.moptqs.settings import MOptEqsParams, build_settings
+from deqbench.tasks.moptqs import cost, task
+from deqbench.tasks.moptqs.params import MOptEqsParams
+from deqbench.tasks.moptqs.settings import build_settings
 from deqbench.tasks.moptqs.tables import TABLES
 
 DATA = Arg("data", help="prepared dataset file")
@@ -19,7 +20,7 @@ OUT = Arg("out", help="output file")
 TASK = register(Task(
     name="moptqs",
     paper="moptqs",
-    title="MOptEqs: multi-branch optimisation-induced equilibrium models (Tables 1, 2, 3, Figures 2, 3(a), 4)",
+    title="MOptEqs: multi-branch optimisation-induced equilibrium models (Tables 1-6, Figures 2-4)",
     params=MOptEqsParams,
     build_settings=build_settings,
     stages=(
@@ -31,9 +32,19 @@ TASK = register(Task(
                Arg("partial", help="resumable partial checkpoint (outside declared outputs)"))),
         Stage("evaluate", "test accuracy of one checkpoint", lambda s, a: s.evaluate(a.dataset, a.model),
               task.run_evaluate, (DATA, DATASET, MODEL, Arg("checkpoint"), OUT)),
-        Stage("convergence", "relative residual per Anderson iteration of trained models (Figure 4)",
-              lambda s, a: s.convergence(), task.run_convergence,
-              (DATA, Arg("checkpoints", nargs="+", help="one checkpoint per convergence model, in order"), OUT)),
+        Stage("attack", "clean and PGD accuracy after every PGD iteration of one checkpoint (Table 5, Figure 3(b))",
+              lambda s, a: s.attack(a.dataset, a.model), task.run_attack,
+              (DATA, DATASET, MODEL, Arg("checkpoint"), OUT)),
+        Stage("convergence", "relative residual per Anderson iteration of trained models (Figure 4, one panel)",
+              lambda s, a: s.convergence(a.panel), task.run_convergence,
+              (DATA, Arg("panel", help="key of moptqs.convergence.panels"),
+               Arg("checkpoints", nargs="+", help="one checkpoint per model of the panel, in order"), OUT)),
+        Stage("cost", "memory and time per batch of the Table 6 models, side by side", lambda s, a: s.cost(),
+              cost.run_cost,
+              (DATA, Arg("checkpoints", nargs="+", help="one checkpoint per model of moptqs.cost.models, in order"),
+               OUT)),
+        Stage("memory-probe", "peak memory of one training step (run in a child process by cost)",
+              lambda s, a: s.cost(), cost.run_memory_probe, (DATA, MODEL, Arg("checkpoint"))),
         Stage("figure2", "Average D / H and channel correlations of trained models (Figure 2)",
               lambda s, a: s.figure2(), task.run_figure2,
               (DATA, Arg("checkpoints", nargs="+", help="one checkpoint per figure2 model, in order"), OUT)),

@@ -31,8 +31,9 @@ from deqbench.experiments.trainer import EpochBatches, LoopSettings, StepOutput,
 from deqbench.models.mdeq import MDEQClassifier
 from deqbench.models.moptqs import MOptEqs
 from deqbench.tasks.moptqs.analysis import run_figure2_data, run_figure3a_data
+from deqbench.tasks.moptqs.robustness import adversarial_examples, attack_accuracy
 from deqbench.tasks.moptqs.settings import (
-    AnyModel, BaselineParams, ConvergenceJob, EvaluateJob, Figure2Job, Figure3aJob, TrainJob,
+    AnyModel, AttackJob, BaselineParams, ConvergenceJob, EvaluateJob, Figure2Job, Figure3aJob, TrainJob,
 )
 
 Classifier = MOptEqs | MDEQClassifier
@@ -61,7 +62,16 @@ def load_model(name: str, model: AnyModel, data: dict[str, Any], path: str | Pat
     return net, state
 
 
-def solve_kwargs(job: TrainJob | EvaluateJob, max_iter: int | None = None) -> dict[str, Any]:
+def inference_kwargs(job: EvaluateJob) -> dict[str, Any]:
+    """How a model infers at test: the forward solve with ``eval.max_iter``, or for a one-step model the K plain
+    iterations it trains with (appendix A.11)."""
+    kwargs = solve_kwargs(job, job.eval.max_iter)
+    if job.one_step_iterations is not None:
+        kwargs.update(gradient="one_step", one_step_iterations=job.one_step_iterations)
+    return kwargs
+
+
+def solve_kwargs(job: TrainJob | EvaluateJob | AttackJob, max_iter: int | None = None) -> dict[str, Any]:
     """The model's forward-solve and IFT keyword arguments from the solver settings."""
     f, b = job.solver.forward, job.solver.backward
     return {"solver": f.method, "max_iter": max_iter or f.max_iter, "tol": f.tol, "solver_options": f.options(),
@@ -106,27 +116,43 @@ def train(job: TrainJob, data: dict[str, Any], seed: int, out: str | Path, parti
         loop = LoopSettings(steps, job.checkpoint_every, job.log_every, job.lr, "multistep",
                             lr_milestones=job.lr_milestones, lr_gamma=job.lr_gamma)
     kwargs = solve_kwargs(job)
+    attack_kwargs = dict(kwargs)
     if isinstance(model, MOptEqs):
         kwargs.update(gradient=job.model.gradient, one_step_iterations=job.one_step_iterations)
 
     jac_reg = getattr(job.model, "jac_reg", 0.0)
+    gamma = getattr(job.model, "hhd_loss_gamma", 0.0)
 
     def step_fn(step: int) -> StepOutput:
         idx = batches(step).indices
         images = images_all[idx]
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
         if job.augment:
-            images = standard_augment(images, torch.Generator().manual_seed(seed * 1_000_003 + step))
+            images = standard_augment(images, generator)
         stats: dict[str, Any] = {}
         labels = labels_all[idx].to(device)
+        images = images.to(device)
+        logged: dict[str, Tensor] = {}
+        if job.adversarial is not None:  # Table 5: train on PGD-k examples of the current model
+            images = adversarial_examples(model, images, labels, job.adversarial, job.adversarial.train_steps,
+                                          attack_kwargs, generator)
         if jac_reg > 0:
-            logits, jacobian = mdeq_with_jacobian_loss(model, images.to(device), kwargs, stats)
+            logits, jacobian = mdeq_with_jacobian_loss(model, images, kwargs, stats)
             loss = F.cross_entropy(logits, labels) + jac_reg * jacobian
+        elif gamma > 0:  # Figure 3(c): the HH&D terms as a loss regulariser
+            assert isinstance(model, MOptEqs)
+            z = model.equilibrium(images, stats=stats, **kwargs)
+            logits = model.logits(z)
+            d, h = model.pair_terms(z, normalize=True)
+            regulariser = (job.model.lam * d - h).mean()
+            loss = F.cross_entropy(logits, labels) + gamma * regulariser
+            logged["hhd_loss"] = regulariser.detach()
         else:
-            logits = model(images.to(device), stats=stats, **kwargs)
+            logits = model(images, stats=stats, **kwargs)
             loss = F.cross_entropy(logits, labels)
         residual = stats["forward"].residual if "forward" in stats else stats["one_step_residual"]
         accuracy = (logits.detach().argmax(1) == labels).float().mean()
-        return StepOutput(loss, {"accuracy": accuracy, "residual": residual.mean()}, residual)
+        return StepOutput(loss, {"accuracy": accuracy, "residual": residual.mean(), **logged}, residual)
 
     key = f"{job.dataset}_{job.model_name}_seed{seed}"
     summary = {"dataset": job.dataset, "model_name": job.model_name, "label": job.model.label, "seed": seed,
@@ -134,7 +160,8 @@ def train(job: TrainJob, data: dict[str, Any], seed: int, out: str | Path, parti
                "data_source": data_source_label(data["meta"]), "model": model.describe(),
                "num_parameters": model.num_parameters(), "epochs": batches.epochs(steps), "steps": steps,
                "gradient": getattr(job.model, "gradient", "implicit"), "lr": loop.lr, "optimizer": type(optimizer).__name__, "weight_decay": job.weight_decay,
-               "batch_size": batches.batch_size, "augment": job.augment}
+               "batch_size": batches.batch_size, "augment": job.augment,
+               "adversarial": to_plain(job.adversarial) if job.adversarial is not None else None}
     meta = {"model_settings": to_plain(job.model)}
     result = fit(key=key, model=model, optimizer=optimizer, step_fn=step_fn, loop=loop, out_path=out,
                  partial_path=partial, settings_hash=settings_hash(job), device=device, summary=summary,
@@ -150,7 +177,7 @@ def _accuracy(model: Classifier, images_all: Tensor, labels_all: Tensor, job: Ev
     """Test accuracy (percent) and the mean forward iterations and final relative residual of its solves."""
     correct = torch.zeros((), device=device)
     residuals, iterations = [], []  # per batch
-    kwargs = solve_kwargs(job, job.eval.max_iter)
+    kwargs = inference_kwargs(job)
     batch = job.eval.batch_size
     with torch.no_grad():
         for start in tqdm(range(0, len(labels_all), batch), desc=what, disable=not progress):
@@ -158,8 +185,12 @@ def _accuracy(model: Classifier, images_all: Tensor, labels_all: Tensor, job: Ev
             stats: dict[str, Any] = {}
             logits = model(images, stats=stats, **kwargs)
             correct += (logits.argmax(1) == labels_all[start : start + batch].to(device)).float().sum()
-            residuals.append(stats["forward"].residual)
-            iterations.append(stats["forward"].nfe)
+            if "forward" in stats:
+                residuals.append(stats["forward"].residual)
+                iterations.append(stats["forward"].nfe)
+            else:
+                residuals.append(stats["one_step_residual"])
+                iterations.append(job.one_step_iterations)
     n = len(labels_all)
     return {"accuracy": 100.0 * float(correct) / n, "residual_mean": float(torch.cat(residuals).mean()),
             "forward_iterations_mean": sum(iterations) / len(iterations)}
@@ -188,31 +219,50 @@ def evaluate(job: EvaluateJob, checkpoint: str | Path, data: dict[str, Any], dev
             "data_source": data_source_label(data["meta"])}
 
 
+# ----------------------------------------------------------------------------- Table 5, Figure 3(b)
+
+
+def attack(job: AttackJob, checkpoint: str | Path, data: dict[str, Any], device: torch.device,
+           progress: bool = True) -> dict[str, Any]:
+    """Clean accuracy and accuracy after every PGD iteration of one checkpoint (robustness.attack_accuracy), with the
+    training solve (forward and IFT backward) inside the attack; PE off at test."""
+    model, state = load_model(job.model_name, job.model, data, checkpoint, device)
+    images, labels = data["test"]["images"], data["test"]["labels"]
+    if job.attack.limit is not None:
+        images, labels = images[: job.attack.limit], labels[: job.attack.limit]
+    seed = state["summary"]["seed"]
+    bar = lambda it: tqdm(it, desc=f"PGD-{job.steps} {Path(checkpoint).stem}", disable=not progress)  # noqa: E731
+    result = attack_accuracy(model, images, labels, job.attack, job.steps, solve_kwargs(job), seed, bar)
+    return {**result, "num_parameters": model.num_parameters(), "train": state["summary"],
+            "data_source": data_source_label(data["meta"])}
+
+
 # ----------------------------------------------------------------------------- Figure 4
 
 
 def convergence(job: ConvergenceJob, checkpoints: list[str], data: dict[str, Any], device: torch.device
                 ) -> list[dict[str, Any]]:
     """Relative residual ||T(z) - z|| / ||T(z)|| at every Anderson iteration (tolerance 0), one test batch per model:
-    the batch median and quartiles per iteration (appendix A.7, Figure 4)."""
+    the batch median and quartiles per iteration (appendix A.7, Figure 4, one panel)."""
     if len(checkpoints) != len(job.models):
-        raise ConfigError(f"convergence: {len(job.models)} models but {len(checkpoints)} checkpoints")
-    images = data["test"]["images"][: job.convergence.batch_size].to(device)
+        raise ConfigError(f"convergence panel {job.panel}: {len(job.models)} models but {len(checkpoints)} "
+                          f"checkpoints")
+    images = data["test"]["images"][: job.batch_size].to(device)
     f = job.solver.forward
     rows = []
     for (name, params), path in zip(job.models, checkpoints):
         model, state = load_model(name, params, data, path, device)
         stats: dict[str, Any] = {}
         with torch.no_grad():
-            model(images, solver=f.method, max_iter=job.convergence.iterations, tol=0.0,
+            model(images, solver=f.method, max_iter=job.iterations, tol=0.0,
                   solver_options=f.options(), backward="none", stats=stats)
         trace = stats["forward"].trace.float()  # (B, iterations)
         quantiles = torch.nanquantile(trace, torch.tensor([0.25, 0.5, 0.75], device=trace.device), dim=0)
         for k in range(trace.shape[1]):
-            rows.append({"model_name": name, "label": params.label, "lam": params.lam, "iteration": k + 1,
-                         "residual_median": float(quantiles[1, k]), "residual_q25": float(quantiles[0, k]),
-                         "residual_q75": float(quantiles[2, k]), "channels": params.channels,
-                         "seed": state["summary"]["seed"]})
+            rows.append({"panel": job.panel, "model_name": name, "label": params.label, "lam": params.lam,
+                         "layout": params.layout, "iteration": k + 1, "residual_median": float(quantiles[1, k]),
+                         "residual_q25": float(quantiles[0, k]), "residual_q75": float(quantiles[2, k]),
+                         "channels": params.channels, "seed": state["summary"]["seed"]})
     return rows
 
 
@@ -264,13 +314,22 @@ def run_evaluate(job: Job) -> None:
     print(f"{a.checkpoint}: accuracy {result['accuracy']:.2f} %")
 
 
+def run_attack(job: Job) -> None:
+    a = job.args
+    result = attack(job.settings, a.checkpoint, load_artifact(a.data), job.device, job.progress)
+    result["provenance"] = job.provenance(seeds=[result["train"]["seed"]])
+    atomic_write_json(a.out, result)
+    print(f"{a.checkpoint}: clean {result['accuracy_clean']:.2f} %, after PGD-{result['steps']} "
+          f"{result['accuracy_by_step'][-1]:.2f} %")
+
+
 def run_convergence(job: Job) -> None:
     a = job.args
     data = load_artifact(a.data)
     rows = convergence(job.settings, list(a.checkpoints), data, job.device)
-    atomic_write_json(a.out, {"rows": rows, "data_source": data_source_label(data["meta"]),
-                              "provenance": job.provenance(seeds=[job.settings.convergence.seed])})
-    print(f"traced {len(job.settings.models)} models -> {a.out}")
+    atomic_write_json(a.out, {"panel": job.settings.panel, "rows": rows, "data_source": data_source_label(data["meta"]),
+                              "provenance": job.provenance(seeds=[job.settings.seed])})
+    print(f"traced {len(job.settings.models)} models (panel {job.settings.panel}) -> {a.out}")
 
 
 def run_figure2(job: Job) -> None:
