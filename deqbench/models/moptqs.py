@@ -421,24 +421,10 @@ class MOptEqs(nn.Module):
         """PE applies in training (pe_eps > 0), and at evaluation only with ``pe_at_eval`` (AMBIG-A6)."""
         return self.config.pe_eps > 0 and (self.training or self.config.pe_at_eval)
 
-    def forward(
-        self,
-        images: Tensor,
-        solver: str = "anderson",
-        max_iter: int = 30,
-        tol: float = 1e-3,
-        solver_options: dict[str, Any] | None = None,
-        backward: str = "ift",
-        backward_options: dict[str, Any] | None = None,
-        stats: dict[str, Any] | None = None,
-        gradient: Literal["implicit", "one_step"] = "implicit",
-        one_step_iterations: int = 30,
-        feature_delta: Tensor | None = None,
-    ) -> Tensor:
+    def forward(self, images: Tensor, **solve: Any) -> Tensor:
         """Logits at the equilibrium of T_theta (Alg. 1/2; backward Eqs. 8-9 or the one-step gradient of A.11);
-        the arguments are :meth:`equilibrium`'s."""
-        return self.logits(self.equilibrium(images, solver, max_iter, tol, solver_options, backward, backward_options,
-                                            stats, gradient, one_step_iterations, feature_delta))
+        ``solve`` holds :meth:`equilibrium`'s keyword arguments."""
+        return self.logits(self.equilibrium(images, **solve))
 
     def equilibrium(
         self,
