@@ -13,20 +13,16 @@ import torch
 import torch.nn.functional as F
 
 from deqbench.data import DatasetNotFoundError
-from deqbench.experiments.config import ConfigError, deep_merge, load_profile
-from deqbench.experiments.prepared import prepare_classification, run_prepare_job
+from deqbench.experiments.config import ConfigError
+from deqbench.experiments.prepared import run_prepare_job
 from deqbench.models.moptqs import MOptEqs, MOptEqsConfig
-from deqbench.tasks.moptqs import TASK, cost, task
+from deqbench.tasks.moptqs import cost, task
 from deqbench.tasks.moptqs.robustness import adversarial_examples, attack_accuracy
 from deqbench.tasks.moptqs.tables import TABLES
+from tests.moptqs_helpers import prepared, settings
 
-PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 CPU = torch.device("cpu")
 SPECS = {spec.name: spec for spec in TABLES}
-
-
-def settings(profile_name: str = "smoke", **block):
-    return TASK.settings(deep_merge(load_profile(PARAMS, profile_name), {"moptqs": block}))
 
 
 @pytest.fixture(scope="module")
@@ -36,12 +32,7 @@ def mopt():
 
 @pytest.fixture(scope="module")
 def data(mopt):
-    j = mopt.prepare("cifar10")
-    prepared = prepare_classification(j.dataset, j.data.source, j.data.image_size, j.data_root)
-    for split in ("train", "test"):
-        prepared[split]["images"] = prepared[split]["images"][:32]
-        prepared[split]["labels"] = prepared[split]["labels"][:32]
-    return prepared
+    return prepared(mopt, "cifar10", 32)
 
 
 def tiny_model() -> MOptEqs:
@@ -138,10 +129,7 @@ def _checkpoint(mopt, name: str, data, tmp_path: Path) -> str:
 
 
 def test_cost_times_both_models_side_by_side_and_probes_memory(mopt, tmp_path):
-    j = mopt.prepare("imagenette")
-    data = prepare_classification(j.dataset, j.data.source, j.data.image_size, j.data_root)
-    for split in ("train", "test"):
-        data[split] = {k: v[:8] for k, v in data[split].items()}
+    data = prepared(mopt, "imagenette", 8)
     job = mopt.cost()
     checkpoints = [_checkpoint(mopt, name, data, tmp_path) for name, _ in job.models]
     loaded = [(name, task.load_model(name, params, data, ck, CPU)[0])

@@ -11,20 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from deqbench.experiments.config import ConfigError, deep_merge, load_profile
+from deqbench.experiments.config import ConfigError
 from deqbench.experiments.io import load_artifact
-from deqbench.experiments.prepared import prepare_classification
 from deqbench.experiments.trainer import LoopSettings, standard_augment
-from deqbench.tasks.moptqs import TASK, task
+from deqbench.tasks.moptqs import task
 from deqbench.tasks.moptqs.tables import PAPER_ROWS, QUOTED_ROWS, TABLES
+from tests.moptqs_helpers import prepared, settings
 
-PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 CPU = torch.device("cpu")
 SPECS = {spec.name: spec for spec in TABLES}
-
-
-def settings(profile_name: str = "smoke", **block):
-    return TASK.settings(deep_merge(load_profile(PARAMS, profile_name), {"moptqs": block}))
 
 
 @pytest.fixture(scope="module")
@@ -35,12 +30,7 @@ def mopt():
 
 @pytest.fixture(scope="module")
 def data(mopt):
-    j = mopt.prepare("cifar10")
-    prepared = prepare_classification(j.dataset, j.data.source, j.data.image_size, j.data_root)
-    for split in ("train", "test"):
-        prepared[split]["images"] = prepared[split]["images"][:64]
-        prepared[split]["labels"] = prepared[split]["labels"][:64]
-    return prepared
+    return prepared(mopt, "cifar10", 64)
 
 
 def test_every_profile_declares_the_tables_and_their_models():
