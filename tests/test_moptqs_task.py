@@ -13,6 +13,7 @@ import torch
 
 from deqbench.experiments.config import ConfigError
 from deqbench.experiments.io import load_artifact
+from deqbench.experiments.settings import to_plain
 from deqbench.experiments.trainer import LoopSettings, standard_augment
 from deqbench.tasks.moptqs import task
 from deqbench.tasks.moptqs.tables import PAPER_ROWS, QUOTED_ROWS, TABLES
@@ -54,7 +55,7 @@ def test_a_table_naming_an_unknown_model_fails_naming_the_key():
                                           r".*moptqs\.models$"):
         settings(convergence={"panels": {"a": {"dataset": "cifar10", "models": ["mdeq_small"]}}})  # no HH&D to trace
     with pytest.raises(ConfigError, match=r"keys \['moptqs'\] are in both models and baselines"):
-        settings(baselines={"moptqs": dict(settings().params.baselines["mdeq_small"].__dict__)})
+        settings(baselines={"moptqs": to_plain(settings().params.baselines["mdeq_small"])})
 
 
 def test_job_settings_hold_only_what_the_job_reads(mopt):
@@ -113,6 +114,8 @@ def test_training_resumes_and_evaluation_reports_accuracy(mopt, data, tmp_path, 
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)  # the same run, bit for bit or so
     result = task.evaluate(mopt.evaluate("cifar10", "moptqs"), out, data, CPU, progress=False)
     assert 0.0 <= result["accuracy"] <= 100.0 and result["n_test"] == 16
+    labels = data["test"]["labels"][:16]
+    assert result["chance_accuracy"] == 100.0 * int(torch.bincount(labels).max()) / 16  # computed, not assumed
     assert "accuracy_pe_at_eval" in result  # a PE model is also scored with PE on at test time (AMBIG-A6)
     assert result["num_parameters"] == full["num_parameters"] and result["forward_iterations_mean"] > 0
     with pytest.raises(ConfigError, match="another architecture"):  # a checkpoint of another model is refused
@@ -129,7 +132,7 @@ def test_one_step_gradient_training_runs(mopt, data, tmp_path):
 def _evaluation(tmp_path: Path, model: str, seed: int, accuracy: float, dataset: str = "cifar10") -> str:
     path = tmp_path / f"{model}_{seed}.json"
     path.write_text(json.dumps({
-        "accuracy": accuracy, "residual_mean": 1e-4, "forward_iterations_mean": 8.0, "n_test": 500,
+        "accuracy": accuracy, "residual_mean": 1e-4, "forward_iterations_mean": 8.0, "n_test": 500, "chance_accuracy": 10.0,
         "num_parameters": 1234, "data_source": "sample-patches32 (embedded stand-in for cifar10)",
         "train": {"dataset": dataset, "model_name": model, "seed": seed, "train_seconds": 10.0}}))
     return str(path)
@@ -144,7 +147,9 @@ def test_accuracy_tables_are_computed_from_the_runs_with_quoted_rows_apart(mopt,
     assert ours[0]["accuracy_mean"] == 40.5 and math.isclose(ours[0]["accuracy_std"], math.sqrt(0.5))
     assert ours[-1]["paper_accuracy"] == PAPER_ROWS["moptqs_table1a"]["cifar10"]["moptqs"][1]
     assert ours[0]["dataset"] == "CIFAR-10"
-    quoted = [r for r in built.rows if r["row_source"] != "ours"]
+    chance = [r for r in built.rows if r["row_source"] == "reference: no model"]  # the trivial answer, per dataset
+    assert [(r["dataset"], r["accuracy_mean"]) for r in chance] == [("CIFAR-10", 10.0)]
+    quoted = [r for r in built.rows if r["row_source"].startswith("quoted")]
     assert [r["model"] for r in quoted] == [q[1] for q in QUOTED_ROWS["moptqs_table1a"]]
     assert all(r.get("accuracy_mean") is None and r["paper_accuracy"] for r in quoted)  # never shown as ours
     with pytest.raises(ConfigError, match="no evaluation of model 'moptqs' on cifar10"):
@@ -153,11 +158,13 @@ def test_accuracy_tables_are_computed_from_the_runs_with_quoted_rows_apart(mopt,
         SPECS["moptqs_table1a"].build(job, files + [_evaluation(tmp_path, "moptqs", 5, 1.0, "cifar100")])
     table3 = SPECS["moptqs_table3"].build(mopt.table("moptqs_table3"),
                                           [_evaluation(tmp_path, m, 0, 50.0) for _, m, _ in mopt.table("moptqs_table3").rows])
-    assert [r["model"] for r in table3.rows] == ["MOptEqs", "- D", "- H", "- D, H"]
+    assert [r["model"] for r in table3.rows if r["row_source"] == "ours"] == ["MOptEqs", "- D", "- H", "- D, H"]
     job2 = mopt.table("moptqs_table2")  # two datasets, MDEQ baselines beside MOptEqs
     table2 = SPECS["moptqs_table2"].build(job2, [_evaluation(tmp_path, m, 0, 30.0, ds) for ds, m, _ in job2.rows])
     assert {r["dataset"] for r in table2.rows} == {"CIFAR-100", "ImageNette"}
-    assert {r["coupling"] for r in table2.rows} == {"MDEQ", "hhd"} and all(r["paper_accuracy"] for r in table2.rows)
+    ours2 = [r for r in table2.rows if r["row_source"] == "ours"]
+    assert {r["coupling"] for r in ours2} == {"MDEQ", "hhd"} and all(r["paper_accuracy"] for r in ours2)
+    assert [r["dataset"] for r in table2.rows if r["row_source"] == "reference: no model"] == ["CIFAR-100", "ImageNette"]
 
 
 def test_figure4_draws_one_curve_per_lambda_and_a_panel_per_trace(mopt, tmp_path):

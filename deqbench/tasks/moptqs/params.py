@@ -70,6 +70,8 @@ class BaselineParams(MDEQParams):
     # MDEQ's own optimiser (the paper's small MDEQ changes "only the channel number ... without changing the training
     # settings" of MDEQ): Adam with a cosine schedule; null: the moptqs.train recipe (SGD, multi-step).
     adam_lr: PositiveFloat | None = None
+    # Epochs of MDEQ's own recipe per dataset, where they differ from moptqs.train.epochs (null: the same).
+    epochs: Mapping[str, PositiveFloat] | None = None
 
 
 AnyModel = ModelParams | BaselineParams
@@ -84,7 +86,7 @@ class TrainParams:
     nesterov: bool
     weight_decay: Mapping[str, NonNegativeFloat]  # per dataset
     batch_size: Mapping[str, PositiveInt]  # per dataset
-    epochs: Mapping[str, PositiveInt]  # per dataset
+    epochs: Mapping[str, PositiveFloat]  # per dataset; a fraction trains round(epochs x steps per epoch) steps
     lr_milestones: tuple[Fraction, ...]  # fractions of the run
     lr_gamma: Fraction
     augment: bool  # random crop with 4-pixel zero padding and horizontal flip (AMBIG-A9)
@@ -103,9 +105,11 @@ class EvalParams:
 
 @dataclass(frozen=True)
 class TableParams:
-    """A table's rows: per dataset, the declared models (keys of ``models`` or ``baselines``), in order."""
+    """A table's rows: per dataset, the declared models (keys of ``models`` or ``baselines``), in order, and the
+    seeds it averages."""
 
     rows: Mapping[str, tuple[str, ...]]
+    seeds: tuple[NonNegativeInt, ...] | None = None  # null: the profile's seeds
 
 
 @dataclass(frozen=True)
@@ -159,7 +163,7 @@ class AdversarialParams:
     eps: PositiveFloat
     step_size: PositiveFloat
     train_steps: PositiveInt  # PGD-k inside adversarial training (the paper: 3)
-    train_epochs: PositiveInt | None  # epochs of adversarial training (null: train.epochs, as natural training)
+    train_epochs: PositiveFloat | None  # epochs of adversarial training (null: train.epochs, as natural training)
     attack_steps: PositiveInt  # PGD-k of the robust accuracy (Table 5: 20)
     limit: PositiveInt | None  # attacked test images (null: all)
     batch_size: PositiveInt

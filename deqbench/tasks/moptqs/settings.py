@@ -35,7 +35,7 @@ class TrainJob:
     nesterov: bool
     weight_decay: float
     batch_size: int
-    epochs: int
+    epochs: float
     lr_milestones: tuple[float, ...]
     lr_gamma: float
     augment: bool
@@ -153,7 +153,8 @@ class MOptEqsSettings:
         self._check("datasets", dataset)
         t, m = self.params.train, self.model(model)
         adversarial = self.params.adversarial if getattr(m, "adversarial", False) else None
-        epochs = t.epochs[dataset] if adversarial is None or adversarial.train_epochs is None \
+        own = getattr(m, "epochs", None) or {}
+        epochs = own.get(dataset, t.epochs[dataset]) if adversarial is None or adversarial.train_epochs is None \
             else adversarial.train_epochs
         return TrainJob(dataset, model, m, self.params.solver, self.info.device, t.lr,
                         t.momentum, t.nesterov, t.weight_decay[dataset], t.batch_size[dataset], epochs,
@@ -237,7 +238,8 @@ class MOptEqsSettings:
                             info.name, info.scale, (("baseline", f.baseline), ("reference", f.reference)))
         spec = p.tables[name]
         rows = tuple((ds, m, self.model(m)) for ds, models in spec.rows.items() for m in models)
-        return TableJob(name, rows, info.seeds, info.name, info.scale)
+        return TableJob(name, rows, tuple(spec.seeds) if spec.seeds is not None else tuple(info.seeds), info.name,
+                        info.scale)
 
     def _check(self, kind: str, key: str) -> None:
         known = getattr(self.params, kind)
@@ -295,4 +297,8 @@ def build_settings(info: ProfileInfo, params: MOptEqsParams) -> MOptEqsSettings:
                               ("train.batch_size", params.train.batch_size), ("train.epochs", params.train.epochs)):
             if ds not in mapping:
                 raise ConfigError(f"{where}.{path}: missing entry for dataset {ds!r}")
+    for name, baseline in params.baselines.items():
+        unknown = sorted(set(baseline.epochs or {}) - set(params.datasets))
+        if unknown:
+            raise ConfigError(f"{where}.baselines.{name}.epochs: unknown datasets {unknown} ({sorted(params.datasets)})")
     return MOptEqsSettings(info, params)

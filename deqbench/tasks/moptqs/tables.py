@@ -66,7 +66,8 @@ def model_choices(model: AnyModel) -> str:
                 f"weight norm {model.weight_norm}, stride-2 stem convs {model.stem_downsample}; the same solver as "
                 f"the MOptEqs rows; " + (f"MDEQ's own optimiser, Adam {model.adam_lr:g} with a cosine schedule"
                                           if model.adam_lr is not None else "the MOptEqs SGD recipe")
-                + (f"; Jacobian regularisation {model.jac_reg:g}" if model.jac_reg else ""))
+                + (f"; Jacobian regularisation {model.jac_reg:g}" if model.jac_reg else "")
+                + "".join(f"; {e:g} epochs on {ds}" for ds, e in sorted((model.epochs or {}).items())))
     pe = f"PE eps {model.pe_eps:g} in training" + (" and at test" if model.pe_at_eval else " only") \
         if model.pe_eps > 0 else "no PE"
     return (f"{model.layout}, {model.branches} x {model.channels} ch; W {model.wnorm}-normalised (zeta "
@@ -98,6 +99,18 @@ def _mean(values: list[float]) -> float | None:
 def dataset_label(dataset: str) -> str:
     """The table's name for a dataset key (the paper's dataset; the data actually used is in ``data_source``)."""
     return DATASETS[dataset].display_name() if dataset in DATASETS else dataset
+
+
+def chance_rows(job: TableJob, by_row: dict[tuple[str, str], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per dataset, the trivial answer's accuracy (always the most frequent test class), from the evaluations."""
+    rows = []
+    for dataset in dict.fromkeys(ds for ds, _, _ in job.rows):
+        chance = [r["chance_accuracy"] for (ds, _), runs in by_row.items() if ds == dataset for r in runs
+                  if "chance_accuracy" in r]
+        if chance:
+            rows.append({"dataset": dataset_label(dataset), "model": "chance (always the most frequent test class)",
+                         "accuracy_mean": max(chance), "row_source": "reference: no model", "profile": job.profile})
+    return rows
 
 
 def build_accuracy(job: TableJob, files: Sequence[str]) -> TableRows:
@@ -137,6 +150,7 @@ def build_accuracy(job: TableJob, files: Sequence[str]) -> TableRows:
             "paper_std": reference[2] if reference else None,
             "row_source": "ours", "choices": model_choices(model), "n_test": runs[0]["n_test"],
             "profile": job.profile, "data_source": runs[0]["data_source"]})
+    rows.extend(chance_rows(job, by_row))
     for dataset, label, params, accuracy, where in QUOTED_ROWS.get(job.table, ()):
         rows.append({"dataset": dataset_label(dataset), "model": label, "paper_parameters": params,
                      "paper_accuracy": accuracy, "row_source": f"quoted by the paper from {where}; not run here",

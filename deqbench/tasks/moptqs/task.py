@@ -103,7 +103,7 @@ def train(job: TrainJob, data: dict[str, Any], seed: int, out: str | Path, parti
     images_all, labels_all = data["train"]["images"], data["train"]["labels"]
     model = build_model(job.model, data).to(device)
     batches = EpochBatches(len(labels_all), job.batch_size, seed)
-    steps = batches.steps_per_epoch * job.epochs
+    steps = max(1, round(batches.steps_per_epoch * job.epochs))
     if job.max_steps is not None:
         steps = min(steps, job.max_steps)
     adam_lr = getattr(job.model, "adam_lr", None)
@@ -214,7 +214,8 @@ def evaluate(job: EvaluateJob, checkpoint: str | Path, data: dict[str, Any], dev
         result[key] = flipped["accuracy"]
     if not math.isfinite(result["accuracy"]):
         raise DivergenceError(f"{checkpoint}: non-finite accuracy {result}")
-    return {**result, "n_test": len(labels_all), "num_parameters": model.num_parameters(),
+    chance = 100.0 * float(torch.bincount(labels_all).max()) / len(labels_all)  # always the most frequent class
+    return {**result, "n_test": len(labels_all), "chance_accuracy": chance, "num_parameters": model.num_parameters(),
             "operator_norms": model.operator_norms() if isinstance(model, MOptEqs) else None, "train": state["summary"],
             "data_source": data_source_label(data["meta"])}
 
