@@ -18,6 +18,7 @@ include: "pipelines/common.smk"
 include: "pipelines/jiio_adversarial.smk"
 include: "pipelines/jiio_generative.smk"
 include: "pipelines/moptqs.smk"
+include: "pipelines/implicit2.smk"
 include: "pipelines/claims.smk"
 
 

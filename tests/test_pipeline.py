@@ -156,6 +156,39 @@ def test_moptqs_tables_and_figure(smoke):
     assert not (smoke / "results/moptqs_table4.csv").exists()  # ImageNet: built only on request
 
 
+def test_implicit2_tables_and_figures(smoke):
+    """(Implicit)^2 on the smoke profile: every table and figure, paired rows, paper columns and stand-in labels."""
+    imp2 = yaml.safe_load((REPO / "params.yaml").read_text())["profiles"]["smoke"]["implicit2"]
+    table = rows(smoke / "results/implicit2_generalization.csv")
+    summary = [r for r in table if r["kind"] == "summary"]
+    assert {(r["set"], r["filter"], r["paper_size"], r["model"]) for r in summary} == {
+        (s, f, p, m) for s in ("natural", "text") for f in ("fourier", "gabor", "siren")
+        for p in ("1L-256D", "1L-512D", "4L-256D") for m in ("explicit", "implicit")}
+    for row in summary:
+        assert row["profile"] == "smoke" and "embedded stand-in" in row["data_source"] and row["paper_psnr_mean"]
+        assert 0.0 < float(row["psnr_mean"]) < 60.0 and row["n_images"] == str(imp2["data"]["images"])
+        assert row["size"] == imp2["generalization"]["sizes"][row["paper_size"]]
+        assert bool(row["wins"]) == (row["model"] == "implicit")
+    assert len([r for r in table if r["kind"] == "image"]) == 2 * 3 * 3 * imp2["data"]["images"]
+    video = rows(smoke / "results/implicit2_video.csv")
+    assert len(video) == 18 and all("SYNTHETIC MOTION" in r["data_source"] and r["paper_psnr_mean"] for r in video)
+    order = rows(smoke / "results/implicit2_gradient_order.csv")
+    assert [r["order"] for r in order if r["kind"] == "final"] == ["0", "1", "inf"]
+    assert len([r for r in order if r["kind"] == "step"]) == 3 * imp2["gradient_order"]["steps"]
+    cost = rows(smoke / "results/implicit2_cost.csv")
+    assert {r["kind"] for r in cost} == {"explicit", "deq_full_solve", "amortized"}
+    assert all(float(r["step_seconds"]) > 0 and float(r["saved_mib"]) > 0 for r in cost)
+    amortization = rows(smoke / "results/implicit2_amortization.csv")
+    assert [r["kind"] for r in amortization if r["kind"] != "trace"] == ["image", "mean"]
+    assert [r["image"] for r in rows(smoke / "results/implicit2_pictures.csv")] == ["camera"]
+    for name in ("implicit2_gradient_order", "implicit2_cost", "implicit2_amortization", "implicit2_pictures"):
+        assert (smoke / f"results/{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    prov = json.loads((smoke / "results/implicit2_generalization.provenance.json").read_text())
+    assert prov["scale"] == "reduced" and prov["inputs"]["seeds"] == [0] and len(prov["inputs"]["run_files"]) == 6
+    run = json.loads(Path(smoke / prov["inputs"]["run_files"][0]).read_text())
+    assert {"provenance", "image_sha256", "seed"} <= set(run) and run["provenance"]["settings_hash"]
+
+
 def test_claims_ledger(smoke):
     ledger = rows(smoke / "results/claims.csv")
     by_id = {r["id"]: r for r in ledger}
@@ -172,6 +205,9 @@ def test_claims_ledger(smoke):
     assert by_id["MOPT-16"]["verdict"].startswith(("holds", "does not hold"))
     assert by_id["JIIO-T1-RECON"]["verdict"].startswith("not measured: table1[model=JIIO-MDEQ].fid_reconstruction=n/a")
     assert by_id["JIIO-T2"]["verdict"].startswith(("holds", "does not hold"))  # Table 2 is measured on any profile
+    for claim in ("IMP2-1", "IMP2-2", "IMP2-6", "IMP2-9", "IMP2-10", "IMP2-COST"):  # measured on every profile
+        assert by_id[claim]["verdict"].startswith(("holds", "does not hold")), by_id[claim]
+    assert by_id["IMP2-11"]["verdict"] == "not measured: no numbers in the sources"
     assert json.loads((smoke / "results/metrics/claims.json").read_text())["holds"] >= 0
 
 
