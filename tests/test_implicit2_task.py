@@ -17,7 +17,8 @@ from deqbench.experiments.tables import write_table
 from deqbench.tasks.implicit2 import TASK, cost, task
 from deqbench.tasks.implicit2.settings import model_config
 from deqbench.tasks.implicit2.tables import PAPER_IMAGES, PAPER_VIDEO, TABLES
-from deqbench.tasks.implicit2.training import build_model, psnr, psnr_from_mse
+from deqbench.data.implicit2 import make_coordinate_image
+from deqbench.tasks.implicit2.training import build_model, psnr, psnr_from_mse, trivial_baselines
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 CPU = torch.device("cpu")
@@ -39,6 +40,19 @@ def test_psnr_is_the_spec_formula_with_clipping():
     # (y_hat + 1) / 2 is clipped to [0, 1]: a prediction of 3 scores as 1
     assert math.isclose(float(psnr(torch.full((10, 3), 3.0), target)), -10 * math.log10(0.7**2), rel_tol=1e-6)
     assert math.isclose(psnr_from_mse(0.04), -10 * math.log10(0.01))  # model-range MSE / 4
+
+
+def test_trivial_baselines_closed_forms():
+    """A constant image is exact for every baseline (the 100 dB floor); on a ramp along the columns, bilinear
+    is exact except in the last test column (edge repeated: error one train step) and nearest is off by one pixel."""
+    flat = trivial_baselines(make_coordinate_image(np.full((8, 8, 3), 0.4), name="flat", set_name="t", source="t"))
+    assert flat == pytest.approx({"mean_colour": 100.0, "nearest": 100.0, "bilinear": 100.0})
+    ramp = np.broadcast_to((np.arange(8) / 10.0)[None, :, None], (8, 8, 3)).copy()
+    scores = trivial_baselines(make_coordinate_image(ramp, name="ramp", set_name="t", source="t"))
+    # nearest: every test pixel is 0.1 off; bilinear: only the last of 4 test columns, 0.1 off
+    assert scores["nearest"] == pytest.approx(-10 * math.log10(0.01), rel=1e-5)
+    assert scores["bilinear"] == pytest.approx(-10 * math.log10(0.01 / 4), rel=1e-5)
+    assert scores["mean_colour"] < scores["nearest"]
 
 
 def test_every_profile_builds_and_maps_the_paper_sizes():
@@ -179,7 +193,9 @@ def _fake_fit(tmp_path: Path, set_name: str, filter: str, image: int, psnrs: dic
              "residual_trace": [0.1, 0.005] if implicit else None} for (paper, implicit), value in psnrs.items()]
     path = tmp_path / f"{set_name}_{image}_{filter}.json"
     path.write_text(json.dumps({"set": set_name, "image": image, "image_name": f"img{image}", "filter": filter,
-                                "image_sha256": "0" * 64, "data_source": "stand-in", "runs": runs}))
+                                "image_sha256": "0" * 64, "data_source": "stand-in", "runs": runs,
+                                "trivial_baselines": {"mean_colour": 10.0 + image, "nearest": 18.0 + image,
+                                                      "bilinear": 21.0 + 2 * image}}))
     return str(path)
 
 
@@ -204,6 +220,10 @@ def test_generalization_table_means_std_and_paired_differences(tmp_path):
     assert implicit["residual_final_mean"] == pytest.approx(0.005) and implicit["size"] == "1L-8D"  # smoke sizes
     pairs = [r for r in rows if r["kind"] == "image" and r["paper_size"] == "4L-256D"]
     assert [(r["image"], r["delta"]) for r in pairs] == [("img0", pytest.approx(1.5)), ("img1", pytest.approx(-1.0))]
+    baselines = {r["model"].split(":")[1].split("(")[0].strip(): r for r in rows if r["kind"] == "baseline"}
+    assert baselines["bilinear interpolation"]["psnr_mean"] == pytest.approx(22.0)
+    assert baselines["nearest train pixel"]["psnr_std"] == pytest.approx(0.5)
+    assert implicit["minus_bilinear"] == pytest.approx(0.25) and explicit["minus_bilinear"] == pytest.approx(0.0)
     with pytest.raises(ConfigError, match=r"expected 2 images of each model for \(natural, siren, 1L-256D\)"):
         SPECS["implicit2_generalization"].build(s.table("implicit2_generalization"), files[:1])
     assert SPECS["implicit2_generalization"].reference_columns() == {

@@ -170,6 +170,9 @@ def test_implicit2_tables_and_figures(smoke):
         assert row["size"] == imp2["generalization"]["sizes"][row["paper_size"]]
         assert bool(row["wins"]) == (row["model"] == "implicit")
     assert len([r for r in table if r["kind"] == "image"]) == 2 * 3 * 3 * imp2["data"]["images"]
+    baselines = [r for r in table if r["kind"] == "baseline"]
+    assert len(baselines) == 2 * 3 and all(r["model"].startswith("baseline: ") and r["psnr_mean"] for r in baselines)
+    assert all(r["minus_bilinear"] for r in summary)
     video = rows(smoke / "results/implicit2_video.csv")
     assert len(video) == 18 and all("SYNTHETIC MOTION" in r["data_source"] and r["paper_psnr_mean"] for r in video)
     order = rows(smoke / "results/implicit2_gradient_order.csv")

@@ -16,7 +16,7 @@ from deqbench.experiments.tables import Column, TableRows, TableSpec, measured_o
 from deqbench.models.implicit_repr import IMAGE_SIZE_TAGS, VIDEO_SIZE_TAGS
 from deqbench.tasks.implicit2 import figures
 from deqbench.tasks.implicit2.settings import TableJob
-from deqbench.tasks.implicit2.training import mean_std
+from deqbench.tasks.implicit2.training import TRIVIAL_BASELINES, mean_std
 
 TASK = PAPER = "implicit2"
 _MODELS = (("fourier", False), ("fourier", True), ("gabor", False), ("gabor", True), ("siren", False), ("siren", True))
@@ -72,8 +72,16 @@ def build_generalization(job: TableJob, files: Sequence[str]) -> TableRows:
         for run in r["runs"]:
             runs.setdefault((r["set"], r["filter"], run["paper_size"], run["implicit"]), {})[r["image_name"]] = {
                 **run, "data_source": r["data_source"], "image_sha256": r["image_sha256"]}
-    summary, images = [], []
+    summary, images, trivial = [], [], []
     for set_name in g.sets:
+        per_image = {r["image_name"]: r for r in results if r["set"] == set_name}
+        bilinear = None
+        for name, label in TRIVIAL_BASELINES.items():
+            mean, std = mean_std([r["trivial_baselines"][name] for r in per_image.values()])
+            bilinear = mean if name == "bilinear" else bilinear
+            trivial.append({"kind": "baseline", "set": set_name, "model": label, "n_images": len(per_image),
+                            "psnr_mean": mean, "psnr_std": std, "profile": job.profile,
+                            "data_source": next(iter(per_image.values()))["data_source"]})
         for filter in g.filters:
             for paper_size, size in g.sizes.items():
                 pair = [runs.get((set_name, filter, paper_size, implicit), {}) for implicit in (False, True)]
@@ -95,7 +103,7 @@ def build_generalization(job: TableJob, files: Sequence[str]) -> TableRows:
                            "step_seconds_mean": _mean([mine[n]["step_seconds"] for n in names]),
                            "f_applications_per_step": _mean([mine[n]["f_applications_per_step"] for n in names]),
                            "eval_forward_iterations_mean": _mean([mine[n]["eval_forward_iterations"] for n in names]),
-                           "paper_psnr_mean": paper[0], "paper_psnr_std": paper[1],
+                           "minus_bilinear": mean - bilinear, "paper_psnr_mean": paper[0], "paper_psnr_std": paper[1],
                            "profile": job.profile, "data_source": first["data_source"]}
                     if implicit:
                         traces = [mine[n]["residual_trace"] for n in names]
@@ -111,16 +119,20 @@ def build_generalization(job: TableJob, files: Sequence[str]) -> TableRows:
                                    "delta": d, "image_sha256": pair[0][n]["image_sha256"], "profile": job.profile,
                                    "data_source": pair[0][n]["data_source"]})
     steps = sorted({run["steps"] for r in results for run in r["runs"]})
-    return TableRows(summary + images, {"profile": job.profile, "images": job.data.images,
+    return TableRows(summary + trivial + images, {"profile": job.profile, "images": job.data.images,
                                         "resolution": job.data.resolution, "steps": steps, "seed": g.seed,
                                         "data": "; ".join(sorted({r["data_source"] for r in results}))},
                      {"seeds": [g.seed], "run_files": sorted(files), "measured_on": measured_on(results)})
 
 
 def generalization_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """DVC metrics: mean, std, paired difference and wins per summary row (spec C.3)."""
-    return {f"{r['set']}/{r['filter']}/{r['paper_size']}/{r['model']}": {
-        k: r.get(k) for k in ("psnr_mean", "psnr_std", "delta_mean", "wins")} for r in rows if r["kind"] == "summary"}
+    """DVC metrics: mean, std, paired difference, wins and the margin over bilinear interpolation per summary row
+    (spec C.3), and the trivial baselines' mean PSNR per set."""
+    out = {f"{r['set']}/{r['filter']}/{r['paper_size']}/{r['model']}": {
+        k: r.get(k) for k in ("psnr_mean", "psnr_std", "delta_mean", "wins", "minus_bilinear")}
+        for r in rows if r["kind"] == "summary"}
+    out.update({f"{r['set']}/{r['model']}": {"psnr_mean": r["psnr_mean"]} for r in rows if r["kind"] == "baseline"})
+    return out
 
 
 GENERALIZATION_COLUMNS = (
@@ -128,6 +140,7 @@ GENERALIZATION_COLUMNS = (
     Column("paper_size", "paper size it stands in for"), Column("model"), Column("label", "paper row"),
     Column("image"), Column("num_parameters", "parameters"), Column("n_images", "images"),
     Column("psnr_mean", "test PSNR, mean over images", "dB"), Column("psnr_std", "std over images (ddof 0)", "dB"),
+    Column("minus_bilinear", "minus bilinear interpolation's mean", "dB"),
     Column("delta_mean", "paired implicit - explicit, mean", "dB"), Column("delta_std", "paired difference std", "dB"),
     Column("wins", "images where implicit beats explicit"), Column("win_fraction", "fraction of images won"),
     Column("psnr_implicit", "implicit test PSNR", "dB"), Column("psnr_explicit", "explicit test PSNR", "dB"),
@@ -198,8 +211,9 @@ TABLES = (
         caption=("Test PSNR on the unobserved pixels [1::2, 1::2] after training on [::2, ::2] (25 % each) of each "
                  "{resolution} px image, {steps} Adam steps, a new model per image (seed {seed}; implicit and "
                  "explicit from the same init); mean and std (ddof 0) over {images} images per set; paired "
-                 "differences and wins per image; 'image' rows give every pair. Implicit models: amortised fixed point "
-                 "(full solve at step 0, then one F application per step), evaluated by a fresh solve from zero. "
+                 "differences and wins per image; 'image' rows give every pair; 'baseline' rows are answers that "
+                 "need no model (mean colour, nearest and bilinear from the same train pixels), and every model row "
+                 "gives its margin over bilinear interpolation. Implicit models: amortised fixed point (full solve at step 0, then one F application per step), evaluated by a fresh solve from zero. "
                  + _STANDIN),
         columns=GENERALIZATION_COLUMNS, settings_of=lambda s: s.table("implicit2_generalization"),
         build=build_generalization, metrics=generalization_metrics,

@@ -27,7 +27,7 @@ from deqbench.tasks.implicit2.settings import (
 )
 from deqbench.tasks.implicit2.training import (
     build_model, data_source_of, evaluate, frame_psnrs, load_image, mean_std, num_parameters, predict,
-    psnr_from_mse, reconstruction, train,
+    psnr_from_mse, reconstruction, train, trivial_baselines,
 )
 
 # ----------------------------------------------------------------------------- image generalisation (spec C.3)
@@ -64,7 +64,8 @@ def fit(job: FitJob, device: torch.device, progress: bool = True) -> dict[str, A
             if size in job.reconstruct:
                 run["reconstruction"] = reconstruction(test_pred, image.split_shape)
             runs.append(run)
-    out = {**_image_record(image), "image": job.image, "filter": job.filter, "seed": job.seed, "runs": runs}
+    out = {**_image_record(image), "image": job.image, "filter": job.filter, "seed": job.seed, "runs": runs,
+           "trivial_baselines": trivial_baselines(image)}
     if job.reconstruct:
         out["target_pixels"] = reconstruction(to_model_range(image.test_targets), image.split_shape)
     return out

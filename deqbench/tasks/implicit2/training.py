@@ -33,7 +33,7 @@ from deqbench.models.implicit_repr import AmortizedFixedPoint, ImplicitReprConfi
 from deqbench.tasks.implicit2.params import ImageDataParams
 
 __all__ = ["psnr", "psnr_from_mse", "build_model", "load_image", "FCounter", "TrainResult", "train", "evaluate",
-           "reconstruction", "data_source_of", "num_parameters"]
+           "reconstruction", "data_source_of", "num_parameters", "TRIVIAL_BASELINES", "trivial_baselines"]
 
 
 def psnr(pred: Tensor, target: Tensor) -> Tensor:
@@ -228,6 +228,31 @@ def evaluate(model: ImplicitRepresentation, image: CoordinateImage, device: torc
             "train_psnr": float(psnr(train_pred, image.train_targets.to(device))),
             "eval_forward_iterations": info.get("forward_iterations"), "eval_residual": info.get("residual"),
             "_test_pred": test_pred}
+
+
+# What a reader compares a representation network with: answers that use the train pixels and no training.
+TRIVIAL_BASELINES = {
+    "mean_colour": "baseline: mean colour of the train pixels",
+    "nearest": "baseline: nearest train pixel (copy of the up-left neighbour)",
+    "bilinear": "baseline: bilinear interpolation (mean of the 4 diagonal train neighbours)",
+}
+
+
+def trivial_baselines(image: CoordinateImage) -> dict[str, float]:
+    """Test PSNR (spec C.3's clipped [0, 1] PSNR) of answers that need no model: the train pixels' mean colour,
+    the nearest train pixel and bilinear interpolation.  Test pixel (2i+1, 2j+1) is the centre of train pixels
+    (2i, 2j), (2i, 2j+2), (2i+2, 2j), (2i+2, 2j+2); at the last row / column the missing neighbours repeat the edge.
+    The MSE is floored at 1e-10 (100 dB) so an exact answer stays finite."""
+    h = image.resolution // 2
+    train = image.train_targets.reshape(h, h, 3).permute(2, 0, 1)[None]  # (1, 3, h, h)
+    test = image.test_targets.reshape(h, h, 3).permute(2, 0, 1)[None]
+    padded = F.pad(train, (0, 1, 0, 1), mode="replicate")
+    answers = {
+        "mean_colour": train.mean(dim=(2, 3), keepdim=True).expand_as(test),
+        "nearest": train,
+        "bilinear": (padded[..., :-1, :-1] + padded[..., 1:, :-1] + padded[..., :-1, 1:] + padded[..., 1:, 1:]) / 4,
+    }
+    return {name: float(-10.0 * torch.log10((a - test).pow(2).mean().clamp_min(1e-10))) for name, a in answers.items()}
 
 
 def reconstruction(pred: Tensor, shape: tuple[int, int]) -> dict[str, Any]:
