@@ -14,6 +14,15 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def single_thread():
+    """Tiny tensors: one torch thread avoids OpenMP overhead (large on a loaded 2-core machine); restored after."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 class HostSyncError(AssertionError):
     pass
 

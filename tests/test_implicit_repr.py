@@ -31,11 +31,8 @@ TIGHT = dict(tol=1e-12, max_iter=200, backward_tol=1e-12, backward_max_iter=200,
 
 
 @pytest.fixture(autouse=True)
-def _single_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+def _single_thread(single_thread):
+    """Every test here uses tiny tensors (conftest.single_thread)."""
 
 
 def n_params(model: torch.nn.Module) -> int:

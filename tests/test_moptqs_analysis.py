@@ -20,12 +20,8 @@ EPS = (0.0, 0.1, 0.3)
 
 
 @pytest.fixture(autouse=True)
-def _single_thread():
-    """These tensors are tiny: one thread avoids OpenMP overhead."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+def _single_thread(single_thread):
+    """Every test here uses tiny tensors (conftest.single_thread)."""
 
 
 def tiny(**kw) -> MOptEqs:

@@ -18,12 +18,8 @@ PAPER_SIZES = {"single_view_193k": 193_000, "poptqs_conv_276k": 276_000,
 
 
 @pytest.fixture(autouse=True)
-def _single_thread():
-    """These tensors are tiny: one thread avoids OpenMP overhead (large on a loaded 2-core machine)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+def _single_thread(single_thread):
+    """Every test here uses tiny tensors (conftest.single_thread)."""
 
 
 def tiny(layout: str = "single_view", **kw) -> MOptEqs:
