@@ -1,6 +1,7 @@
 # MOptEqs (Li, Wang, Xie, Lin, ICLR 2022): Tables 1(a), 1(b), 2-6, Figures 2, 3(a)-(c) and 4.
 # Task: deqbench/tasks/moptqs (settings, stages, table declarations); params: the moptqs block.
-# One rule trains every (dataset, model, seed) of moptqs.models / .baselines; a model shared by two tables is trained once.
+# One rule trains and evaluates every (dataset, model, seed) of moptqs.models / .baselines (one job, one process start-up);
+# a model shared by two tables is trained once.
 # Resumable partial checkpoints live in data/moptqs/<profile>/.partial, outside the declared outputs.
 # Table 4 (ImageNet) has no stand-in: `snakemake results/moptqs_table4.csv` builds it from the real files only.
 from deqbench.tasks.moptqs import TASK as MOPT_TASK
@@ -42,6 +43,15 @@ def mopt_table_inputs(table):
     return files
 
 
+def mopt_train_priority(wc):
+    """Start the longest trainings first so no long job is left alone at the end of a CPU run: adversarial
+    training (its attack job follows), then the MDEQ baselines and the multi-scale models."""
+    model = MOPT_SETTINGS.model(wc.model)
+    if getattr(model, "adversarial", False):
+        return 3
+    return 2 if wc.model in MOPT.baselines or getattr(model, "layout", "") == "multi_scale" else 0
+
+
 rule moptqs_prepare:
     output:
         f"data/moptqs/{P}/prepared/{{dataset}}.pt",
@@ -59,49 +69,30 @@ rule moptqs_prepare:
 
 
 rule moptqs_train:
+    """Train one model and evaluate its checkpoint in the same job (one process start-up and data load)."""
     input:
         data=lambda wc: mopt_prepared(wc.dataset),
     output:
-        f"data/moptqs/{P}/checkpoints/{{dataset}}/{{model}}/seed{{seed}}.pt",
+        checkpoint=f"data/moptqs/{P}/checkpoints/{{dataset}}/{{model}}/seed{{seed}}.pt",
+        evaluation=f"results/moptqs/{P}/{{dataset}}/{{model}}/seed{{seed}}.json",
     wildcard_constraints:
         dataset=MOPT_DATASETS,
         model=MOPT_MODELS,
         seed=r"[0-9]+",
     params:
-        settings=lambda wc: PIPE.job_hash("moptqs", "train", dataset=wc.dataset, model=wc.model),
+        settings=lambda wc: PIPE.job_hash("moptqs", "train-evaluate", dataset=wc.dataset, model=wc.model),
         partial=lambda wc: f"data/moptqs/{P}/.partial/{wc.dataset}_{wc.model}_seed{wc.seed}.pt",
     log:
         f"logs/{P}/moptqs_train_{{dataset}}_{{model}}_seed{{seed}}.log",
+    priority: mopt_train_priority
     threads: JOB_THREADS
     resources:
         gpu=GPU,
         mem_mb=6000,
     shell:
-        DEQBENCH + " moptqs train --data {input.data:q} --dataset {wildcards.dataset:q} --model {wildcards.model:q} "
-        "--seed {wildcards.seed:q} --out {output:q} --partial {params.partial:q} > {log:q} 2>&1"
-
-
-rule moptqs_evaluate:
-    input:
-        data=lambda wc: mopt_prepared(wc.dataset),
-        checkpoint=lambda wc: mopt_checkpoint(wc.dataset, wc.model, wc.seed),
-    output:
-        f"results/moptqs/{P}/{{dataset}}/{{model}}/seed{{seed}}.json",
-    wildcard_constraints:
-        dataset=MOPT_DATASETS,
-        model=MOPT_MODELS,
-        seed=r"[0-9]+",
-    params:
-        settings=lambda wc: PIPE.job_hash("moptqs", "evaluate", dataset=wc.dataset, model=wc.model),
-    log:
-        f"logs/{P}/moptqs_evaluate_{{dataset}}_{{model}}_seed{{seed}}.log",
-    threads: JOB_THREADS
-    resources:
-        gpu=GPU,
-        mem_mb=4000,
-    shell:
-        DEQBENCH + " moptqs evaluate --data {input.data:q} --dataset {wildcards.dataset:q} --model {wildcards.model:q} "
-        "--checkpoint {input.checkpoint:q} --out {output:q} > {log:q} 2>&1"
+        DEQBENCH + " moptqs train-evaluate --data {input.data:q} --dataset {wildcards.dataset:q} "
+        "--model {wildcards.model:q} --seed {wildcards.seed:q} --out {output.checkpoint:q} "
+        "--partial {params.partial:q} --evaluation {output.evaluation:q} > {log:q} 2>&1"
 
 
 rule moptqs_attack:

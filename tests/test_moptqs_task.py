@@ -122,6 +122,31 @@ def test_training_resumes_and_evaluation_reports_accuracy(mopt, data, tmp_path, 
         task.evaluate(mopt.evaluate("cifar10", "poptqs_conv"), out, data, CPU, progress=False)
 
 
+def test_train_evaluate_stage_writes_the_checkpoint_and_the_same_evaluation(mopt, data, tmp_path):
+    """The pipeline's one job per model: train, then evaluate in the same process, as the two stages would."""
+    import argparse
+
+    from deqbench.experiments.config import ProfileInfo, load_profile
+    from deqbench.experiments.io import atomic_torch_save
+    from deqbench.experiments.registry import Job
+    from tests.moptqs_helpers import PARAMS
+
+    settings = mopt.train_evaluate("cifar10", "poptqs_sum")
+    assert settings.train == mopt.train("cifar10", "poptqs_sum")
+    assert settings.evaluate == mopt.evaluate("cifar10", "poptqs_sum")
+    data_file = tmp_path / "data.pt"
+    atomic_torch_save(data_file, data)
+    args = argparse.Namespace(data=str(data_file), dataset="cifar10", model="poptqs_sum", seed=0,
+                              out=str(tmp_path / "c.pt"), partial=str(tmp_path / "p.pt"),
+                              evaluation=str(tmp_path / "e.json"))
+    profile = ProfileInfo.of(load_profile(PARAMS, "smoke"))
+    task.run_train_evaluate(Job("moptqs", "train-evaluate", settings, args, profile, CPU, progress=False))
+    written = json.loads((tmp_path / "e.json").read_text())
+    again = task.evaluate(settings.evaluate, tmp_path / "c.pt", data, CPU, progress=False)
+    assert written["accuracy"] == again["accuracy"] and written["n_test"] == 16
+    assert written["provenance"]["stage"] == "train-evaluate" and written["train"]["seed"] == 0
+
+
 def test_one_step_gradient_training_runs(mopt, data, tmp_path):
     job = mopt.train("cifar10", "moptqs")
     job = dataclasses.replace(job, model=dataclasses.replace(job.model, gradient="one_step"), one_step_iterations=4)

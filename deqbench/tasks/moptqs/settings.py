@@ -58,6 +58,15 @@ class EvaluateJob:
 
 
 @dataclass(frozen=True)
+class TrainEvaluateJob:
+    """Train one model, then evaluate its checkpoint in the same process: one Python + torch start-up and one data
+    load per model instead of two (about 4 s of every job on a CPU)."""
+
+    train: TrainJob
+    evaluate: EvaluateJob
+
+
+@dataclass(frozen=True)
 class AttackJob:
     """PGD-``steps`` on one checkpoint, recording the accuracy after every step (Table 5, Figure 3(b))."""
 
@@ -166,6 +175,9 @@ class MOptEqsSettings:
         m = self.model(model)
         one_step = self.params.train.one_step_iterations if getattr(m, "gradient", "") == "one_step" else None
         return EvaluateJob(dataset, model, m, self.params.solver, self.params.eval, one_step, self.info.device)
+
+    def train_evaluate(self, dataset: str, model: str) -> TrainEvaluateJob:
+        return TrainEvaluateJob(self.train(dataset, model), self.evaluate(dataset, model))
 
     def attack_steps(self, model: str) -> int:
         """PGD steps of a model's attack job: the most its consumers (Table 5, Figure 3(b)) read."""

@@ -33,7 +33,8 @@ from deqbench.models.moptqs import MOptEqs
 from deqbench.tasks.moptqs.analysis import run_figure2_data, run_figure3a_data
 from deqbench.tasks.moptqs.robustness import adversarial_examples, attack_accuracy
 from deqbench.tasks.moptqs.settings import (
-    AnyModel, AttackJob, BaselineParams, ConvergenceJob, EvaluateJob, Figure2Job, Figure3aJob, TrainJob,
+    AnyModel, AttackJob, BaselineParams, ConvergenceJob, EvaluateJob, Figure2Job, Figure3aJob, TrainEvaluateJob,
+    TrainJob,
 )
 
 Classifier = MOptEqs | MDEQClassifier
@@ -313,6 +314,19 @@ def run_evaluate(job: Job) -> None:
     result["provenance"] = job.provenance(seeds=[result["train"]["seed"]])
     atomic_write_json(a.out, result)
     print(f"{a.checkpoint}: accuracy {result['accuracy']:.2f} %")
+
+
+def run_train_evaluate(job: Job) -> None:
+    """Train (resumable from ``--partial``), then write the checkpoint's evaluation, as ``train`` + ``evaluate``."""
+    a, settings = job.args, job.settings
+    assert isinstance(settings, TrainEvaluateJob)
+    data = load_artifact(a.data)
+    summary = train(settings.train, data, a.seed, a.out, a.partial, job.device, job.progress)
+    print(f"trained {summary['key']}: {summary['steps']} steps in {summary['train_seconds']:.1f} s")
+    result = evaluate(settings.evaluate, a.out, data, job.device, job.progress)
+    result["provenance"] = job.provenance(seeds=[result["train"]["seed"]])
+    atomic_write_json(a.evaluation, result)
+    print(f"{a.out}: accuracy {result['accuracy']:.2f} %")
 
 
 def run_attack(job: Job) -> None:
