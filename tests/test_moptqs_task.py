@@ -58,6 +58,17 @@ def test_a_table_naming_an_unknown_model_fails_naming_the_key():
         settings(baselines={"moptqs": to_plain(settings().params.baselines["mdeq_small"])})
 
 
+def test_baseline_per_dataset_settings_resolve_and_unknown_datasets_fail_naming_the_key():
+    s = settings(baselines={"mdeq_small": {"jac_reg": 0.1, "jac_reg_per_dataset": {"cifar100": 0.0},
+                                           "epochs": {"cifar10": 7}}})
+    baseline = s.model("mdeq_small")
+    assert baseline.jac_reg_on("cifar100") == 0.0 and baseline.jac_reg_on("cifar10") == 0.1
+    assert s.train("cifar10", "mdeq_small").epochs == 7
+    for key in ("epochs", "jac_reg_per_dataset"):
+        with pytest.raises(ConfigError, match=rf"moptqs\.baselines\.mdeq_small\.{key}: unknown datasets \['svhn'\]"):
+            settings(baselines={"mdeq_small": {key: {"svhn": 1.0}}})
+
+
 def test_job_settings_hold_only_what_the_job_reads(mopt):
     a, b = mopt.train("cifar10", "moptqs"), mopt.train("cifar10", "poptqs_sum")
     assert a.model != b.model and a.model_name == "moptqs"

@@ -67,11 +67,17 @@ class BaselineParams(MDEQParams):
     # Jacobian regularisation of the MDEQ's training loss (JIIO paper appendix C.4, Bai et al. 2021; Hutchinson
     # estimate with one probe): the narrow embedded MDEQs do not converge without it.  0: none, as MDEQ.
     jac_reg: NonNegativeFloat = 0.0
+    # jac_reg per dataset, where it differs from jac_reg (null: jac_reg everywhere).
+    jac_reg_per_dataset: Mapping[str, NonNegativeFloat] | None = None
     # MDEQ's own optimiser (the paper's small MDEQ changes "only the channel number ... without changing the training
     # settings" of MDEQ): Adam with a cosine schedule; null: the moptqs.train recipe (SGD, multi-step).
     adam_lr: PositiveFloat | None = None
     # Epochs of MDEQ's own recipe per dataset, where they differ from moptqs.train.epochs (null: the same).
     epochs: Mapping[str, PositiveFloat] | None = None
+
+    def jac_reg_on(self, dataset: str) -> float:
+        """The Jacobian-regularisation weight of training on ``dataset``."""
+        return float((self.jac_reg_per_dataset or {}).get(dataset, self.jac_reg))
 
 
 AnyModel = ModelParams | BaselineParams

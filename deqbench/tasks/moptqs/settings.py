@@ -310,7 +310,9 @@ def build_settings(info: ProfileInfo, params: MOptEqsParams) -> MOptEqsSettings:
             if ds not in mapping:
                 raise ConfigError(f"{where}.{path}: missing entry for dataset {ds!r}")
     for name, baseline in params.baselines.items():
-        unknown = sorted(set(baseline.epochs or {}) - set(params.datasets))
-        if unknown:
-            raise ConfigError(f"{where}.baselines.{name}.epochs: unknown datasets {unknown} ({sorted(params.datasets)})")
+        for key, per_dataset in (("epochs", baseline.epochs), ("jac_reg_per_dataset", baseline.jac_reg_per_dataset)):
+            unknown = sorted(set(per_dataset or {}) - set(params.datasets))
+            if unknown:
+                raise ConfigError(f"{where}.baselines.{name}.{key}: unknown datasets {unknown} "
+                                  f"({sorted(params.datasets)})")
     return MOptEqsSettings(info, params)

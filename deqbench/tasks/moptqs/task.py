@@ -121,7 +121,7 @@ def train(job: TrainJob, data: dict[str, Any], seed: int, out: str | Path, parti
     if isinstance(model, MOptEqs):
         kwargs.update(gradient=job.model.gradient, one_step_iterations=job.one_step_iterations)
 
-    jac_reg = getattr(job.model, "jac_reg", 0.0)
+    jac_reg = job.model.jac_reg_on(job.dataset) if isinstance(job.model, BaselineParams) else 0.0
     gamma = getattr(job.model, "hhd_loss_gamma", 0.0)
 
     def step_fn(step: int) -> StepOutput:
