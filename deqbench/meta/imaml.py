@@ -6,8 +6,9 @@ by ``inner_steps`` gradient-descent steps from ``phi_0 = theta``.
 Implicit meta-gradient (iMAML Lemma 1): ``d phi*/d theta = (I + H/lam)^{-1}`` with
 ``H = hess L_support(phi*)``, so the task's meta-gradient is ``(I + H/lam)^{-1} grad L_query(phi*)``, solved
 approximately with ``cg_steps`` conjugate-gradient steps (iMAML Sec. 3.1, Alg. 2) on Hessian-vector products.
-HVPs are reverse-over-reverse: one ``torch.func.vjp`` of ``torch.func.grad(L_support)`` at phi*, linearised once and
-reused by every CG step.  No gradient flows through the inner loop.
+HVPs are forward-over-reverse, ``torch.func.jvp`` of ``torch.func.grad(L_support)`` at phi*, one per CG step
+(reverse-over-reverse fails under ``vmap`` through BatchNorm's double backward in torch 2.14: "accessing `data`
+under vmap transform").  No gradient flows through the inner loop.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Callable, Mapping
 
 import torch
 from torch import Tensor
-from torch.func import grad, grad_and_value, vjp
+from torch.func import grad, grad_and_value, jvp
 
 from ._functional import Batch, LossFn, Params, tree_axpy, tree_detach, tree_dot, tree_zeros_like
 from ._tasks import MetaGradient, mean_over_tasks
@@ -94,10 +95,10 @@ def imaml_meta_gradient(
     (iMAML Lemma 1, Alg. 2), with phi* from :func:`imaml_adapt` and ``config.cg_steps`` CG steps."""
     phi = imaml_adapt(loss_fn, params, support, lam=config.lam, steps=config.inner_steps, lr=config.inner_lr)
     g_query, loss = grad_and_value(loss_fn)(phi, *query)
-    _, hvp_fn = vjp(lambda p: grad(loss_fn)(p, *support), phi)  # the Hessian is symmetric: vjp = H v
+    support_grad = grad(loss_fn)
 
     def matvec(v: Params) -> Params:
-        (hv,) = hvp_fn(v)
+        _, hv = jvp(lambda p: support_grad(p, *support), (phi,), (v,))  # H v, forward-over-reverse
         return tree_axpy(1.0 / config.lam, hv, v)
 
     v = conjugate_gradient(matvec, tree_detach(g_query), config.cg_steps)
