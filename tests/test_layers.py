@@ -1,4 +1,4 @@
-"""The package is layered: core < inputopt < models, data, metrics < experiments < tasks < top-level entry points.
+"""The package is layered: core < inputopt < models, meta, data, metrics < experiments < tasks < top-level entry points.
 
 Lower layers never import upper ones (checked on every import statement of every module, including imports inside
 functions), models never import data, metrics or task code, and every task package stays small.
@@ -10,7 +10,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "deqbench"
-LAYERS = {"core": 0, "inputopt": 1, "models": 2, "data": 2, "metrics": 2, "experiments": 3, "tasks": 4}
+LAYERS = {"core": 0, "inputopt": 1, "models": 2, "meta": 2, "data": 2, "metrics": 2, "experiments": 3, "tasks": 4}
 TOP = 5  # deqbench/__init__, __main__, demo and the README's alias modules
 
 
