@@ -18,6 +18,18 @@ inner cost reuses mu* (eq. 19): no second fixed-point solve, x* constant.
 ``backward="ift"`` instead solves the adjoint for any outer loss, warm started
 from mu*.  Optional Jacobian regularisation (eq. 27, appendix A.1) is a
 Hutchinson estimate at a random iterate of each sample's trajectory.
+
+Task grouping (meta-learning, spec B.2): with ``group_size=K`` the batch is laid
+out task-major (samples t*K .. t*K+K-1 belong to task t) and x has one row per
+task, shared by its samples.  The x-update then uses J_x^T mu summed over the
+task's samples (autograd through the broadcast of x does the sum).  The solver
+state holds one row per task, ``(z_1..z_K, mu_1..mu_K, x)``, so Anderson mixes
+a task's whole augmented vector with one set of coefficients (x stays shared)
+and the selection policy keeps one iterate per task, judged on the task's
+summed cost and its whole-row residual.  ``K = 1`` (or None) is the plain,
+per-sample solve.  ``task_l2 = lam`` adds lam * mean_j x_j^2 to every sample's
+cost (the reference's task-vector regulariser, B.2), so its gradient enters the
+x-update as in eq. (11).
 """
 
 from __future__ import annotations
@@ -139,7 +151,8 @@ def make_selection(policy: str | SelectionPolicy, **options: Any) -> SelectionPo
 
 @dataclass
 class JIIOResult:
-    """Per-sample outcome of a JIIO solve."""
+    """Per-sample outcome of a JIIO solve; with ``group_size`` (spec B.2) x and the statistics
+    (cost, residual, best_iteration, traces) have one row per task, z and mu one per sample."""
 
     z: State  # attached to the parameters' graph when grad is enabled
     x: State  # optimised input (detached: treated as constant, eq. 19)
@@ -175,9 +188,15 @@ class JIIOConfig:
     backward: Literal["mu", "ift", "none"] = "mu"
     backward_options: dict[str, Any] = field(default_factory=dict)
     cuda_graph: GraphMode | bool = "auto"
+    group_size: int | None = None  # samples per task sharing one x (spec B.2); None: x per sample
+    task_l2: float = 0.0  # coefficient of mean_j x_j^2 added to each sample's cost (spec B.2); 0 disables
 
     def __post_init__(self) -> None:
         check_positive_int("max_iter", self.max_iter)
+        if self.group_size is not None:
+            check_positive_int("group_size", self.group_size)
+        if isinstance(self.task_l2, bool) or not isinstance(self.task_l2, (int, float)) or not self.task_l2 >= 0:
+            raise ValueError(f"task_l2 must be a number >= 0, got {self.task_l2!r}")
         if len(self.alpha) != 3:
             raise ValueError(f"alpha must be (a_z, a_mu, a_x), got {self.alpha!r}")
         for name, value in zip(("a_z", "a_mu"), self.alpha[:2]):
@@ -207,11 +226,22 @@ class JIIOConfig:
 
 
 class _Augmented:
-    """Packs (z, mu, x) into one (B, 2 Dz + Dx) matrix and evaluates the map of eq. (11)."""
+    """Packs (z, mu, x) into one (T, 2 K Dz + Dx) matrix, a row per task of K samples (K = 1: per sample),
+    and evaluates the map of eq. (11) (spec B.2 for K > 1)."""
 
     def __init__(self, f: LayerFn, cost: CostFn, zspec: StateSpec, xspec: StateSpec, cfg: JIIOConfig, proj: Projection | None):
         self.f, self.cost, self.zspec, self.xspec, self.cfg, self.proj = f, cost, zspec, xspec, cfg, proj
         self.dz, self.dx = zspec.dim, xspec.dim
+        self.k = cfg.group_size or 1
+        self.rz = self.k * self.dz  # width of the z (and of the mu) block of a row
+
+    def per_sample(self, x: Tensor) -> Tensor:
+        """Broadcast per-task rows (T, ...) to the task-major samples (T K, ...)."""
+        return x if self.k == 1 else x.repeat_interleave(self.k, dim=0)
+
+    def per_row(self, c: Tensor) -> Tensor:
+        """Sum a per-sample quantity (T K,) over each task: (T,)."""
+        return c if self.k == 1 else c.view(-1, self.k).sum(1)
 
     def alpha_x(self, k: Tensor) -> Tensor | float:
         """a_x at iteration ``k``, computed on the device (no host read of k)."""
@@ -221,13 +251,20 @@ class _Augmented:
         return torch.where(k >= cfg.alpha_x_switch, cfg.alpha_x_late, cfg.alpha[2])
 
     def split(self, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        return v[:, : self.dz], v[:, self.dz : 2 * self.dz], v[:, 2 * self.dz :]
+        """(z, mu) per sample, (T K, Dz) each, and x per row, (T, Dx)."""
+        z, mu, x = v[:, : self.rz], v[:, self.rz : 2 * self.rz], v[:, 2 * self.rz :]
+        if self.k > 1:
+            z, mu = z.reshape(-1, self.dz), mu.reshape(-1, self.dz)
+        return z, mu, x
 
     def pack(self, z: Tensor, mu: Tensor, x: Tensor) -> Tensor:
+        if self.k > 1:
+            z, mu = z.reshape(-1, self.rz), mu.reshape(-1, self.rz)
         return torch.cat((z, mu, x), dim=1)
 
     def __call__(self, v: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
-        """Returns F(v) and the per-sample cost l(z) at v; ``k`` is the on-device iteration count."""
+        """Returns F(v) and the per-row cost l at v (summed over a task's samples); ``k`` is the on-device
+        iteration count."""
         a_z, a_mu, _ = self.cfg.alpha
         z, mu, x = self.split(v)
         a_x = self.alpha_x(k)
@@ -236,9 +273,12 @@ class _Augmented:
         with torch.enable_grad():
             z_req = z.detach().requires_grad_()
             x_req = x.detach().requires_grad_()
+            x_s = self.per_sample(x_req)  # autograd through the broadcast sums J_x^T mu over a task (B.2)
             z_state = self.zspec.unflatten(z_req)
-            fz = self.zspec.flatten(self.f(z_state, self.xspec.unflatten(x_req)))
+            fz = self.zspec.flatten(self.f(z_state, self.xspec.unflatten(x_s)))
             c = self.cost(z_state)
+            if self.cfg.task_l2:
+                c = c + self.cfg.task_l2 * x_s.pow(2).mean(1)
             g_z, g_x = torch.autograd.grad((c.sum(), fz), (z_req, x_req), (None, mu.detach()), allow_unused=True)
         if g_x is None:
             raise ValueError("f(z, x) does not depend on x: nothing to optimise")
@@ -255,7 +295,7 @@ class _Augmented:
         x_new = x - a_x * step
         if self.proj is not None:
             x_new = self.proj(x_new)
-        return self.pack(z_new, mu_new, x_new), c.detach()
+        return self.pack(z_new, mu_new, x_new), self.per_row(c.detach())
 
 
 def jiio(
@@ -280,7 +320,11 @@ def jiio(
     ``backward_options``, ``mu0`` (initial adjoint, zeros by default) and
     ``on_iteration`` (a :mod:`~deqbench.inputopt.tracing` hook called with
     ``(k, cost at the iterate)`` after each iteration; None: the hook
-    :func:`~deqbench.inputopt.tracing.iteration_hook` installed, if any).
+    :func:`~deqbench.inputopt.tracing.iteration_hook` installed, if any),
+    ``group_size`` (K samples per task share one x, spec B.2: z0 has T K rows
+    laid out task-major, x0 has T rows; selection, ``cost``, ``residual``,
+    ``best_iteration`` and the traces are then per task, z and mu per sample)
+    and ``task_l2`` (lam * mean_j x_j^2 added to every sample's cost).
     """
     mu0 = options.pop("mu0", None)
     hook: IterationHook | None = active_hook(options.pop("on_iteration", None))
@@ -291,6 +335,10 @@ def jiio(
         raise ValueError(f"bad JIIO option: {err}") from None
     proj = make_projection(cfg.projection, cfg.eps) if cfg.projection is not None else None
     zspec, xspec = spec_of(z0), spec_of(x0)
+    samples, rows = zspec.flatten(z0).shape[0], xspec.flatten(x0).shape[0]
+    if samples != rows * (cfg.group_size or 1):
+        raise ValueError(f"z0 has {samples} samples but x0 has {rows} rows and group_size is {cfg.group_size}: "
+                         "z0 needs group_size samples per row of x0")
     aug = _Augmented(f, cost, zspec, xspec, cfg, proj)
     selection = make_selection(cfg.selection, **cfg.selection_options)
     solver = make_solver("forward" if cfg.method == "none" else cfg.method, **({} if cfg.method == "none" else cfg.solver_options))
@@ -318,9 +366,9 @@ def jiio(
         track_jac = cfg.jac_reg == "trajectory" and grad_on
         if track_jac:
             low = cfg.jac_reg_start if cfg.max_iter > cfg.jac_reg_start else 0
-            pick = torch.randint(low, cfg.max_iter, (batch, 1), device=v.device)
-            jac_z, jac_x = v[:, : aug.dz].clone(), v[:, 2 * aug.dz :].clone()
-        x_part = slice(2 * aug.dz, None)
+            pick = torch.randint(low, cfg.max_iter, (samples, 1), device=v.device)  # per sample (B.4)
+            jac_z, jac_x = z_flat.clone(), aug.per_sample(x_flat).clone()
+        x_part = slice(2 * aug.rz, None)
 
         def record() -> Tensor:
             g = fv - v
@@ -335,8 +383,9 @@ def jiio(
             torch.where(accept, k_dev, best_iter, out=best_iter)
             if track_jac:
                 hit = pick == k_dev
-                torch.where(hit, v[:, : aug.dz], jac_z, out=jac_z)
-                torch.where(hit, v[:, x_part], jac_x, out=jac_x)
+                z_now, _, x_now = aug.split(v)
+                torch.where(hit, z_now, jac_z, out=jac_z)
+                torch.where(hit, aug.per_sample(x_now), jac_x, out=jac_x)
             k_dev.add_(1)
             return g
 
@@ -385,7 +434,7 @@ def jiio(
     )
     if not grad_on:
         return result
-    x_const = xspec.unflatten(x_star)
+    x_const = xspec.unflatten(aug.per_sample(x_star))
 
     def f_z(z_flat_: Tensor) -> Tensor:
         return zspec.flatten(f(zspec.unflatten(z_flat_), x_const))
@@ -396,7 +445,7 @@ def jiio(
         if cfg.jac_reg == "trajectory":
             jz, jx = jac_z, jac_x
         else:
-            jz, jx = z_star, x_star
+            jz, jx = z_star, aug.per_sample(x_star)
         result.jac_loss = hutchinson_jacobian_loss(
             lambda zz: zspec.flatten(f(zspec.unflatten(zz), xspec.unflatten(jx))), jz, cfg.jac_reg_probes
         )

@@ -54,6 +54,16 @@ classifier; with 3-channel input, 158,986 (reference CIFAR-small).
 
 Variational dropout (``dropout``) is 0 in every experiment of the paper and is
 not implemented: a non-zero value raises ``ValueError``.
+
+Task conditioning (JIIO meta-learning, spec B.3)
+------------------------------------------------
+With ``task_dim > 0`` the layer also takes a task vector x (``B x task_dim``,
+or one row per task, broadcast to the task's samples): x is split into one
+equal chunk per branch, and block i maps its chunk through a Linear to
+(gamma, beta) of its ``expansion * C_i`` channels, applied after the first
+GroupNorm as ``GN1(u) * (1 + gamma) + beta`` (FiLM).  The Linear starts at
+zero, so the initial model ignores x.  ``task_dim = 0`` (the default) builds
+no FiLM layers and leaves every computation unchanged.
 """
 
 from __future__ import annotations
@@ -116,6 +126,7 @@ class MDEQConfig:
     dropout: float = 0.0  # variational dropout: only 0 is supported (as in the paper)
     init_std: float = 0.01  # std of the N(0, std) init of the non-weight-normalised convs (reference: 0.01)
     stem_downsample: int = 0  # how many of the two stem convs have stride 2 (ImageNet-style inputs: 2)
+    task_dim: int = 0  # FiLM task-vector size (JIIO meta-learning, spec B.3: 400); 0 = no task input
 
     def __post_init__(self) -> None:
         if self.stem_downsample not in (0, 1, 2):
@@ -143,6 +154,11 @@ class MDEQConfig:
         if self.final_channels % self.fuse_groups:
             raise ValueError(f"MDEQConfig.final_channels={self.final_channels} is not divisible by "
                              f"fuse_groups={self.fuse_groups}")
+        if not _is_int(self.task_dim) or self.task_dim < 0:
+            raise ValueError(f"MDEQConfig.task_dim must be a non-negative integer, got {self.task_dim!r}")
+        if self.task_dim % len(channels):
+            raise ValueError(f"MDEQConfig.task_dim={self.task_dim} must split evenly over the "
+                             f"{len(channels)} branches")
         if not isinstance(self.weight_norm, bool):
             raise ValueError(f"MDEQConfig.weight_norm must be a bool, got {self.weight_norm!r}")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
@@ -189,9 +205,12 @@ def _down_size(n: int) -> int:
 
 
 class ResidualBlock(nn.Module):
-    """MDEQ branch block: conv-GN-ReLU-conv, +injection, GN, +z, ReLU, GN."""
+    """MDEQ branch block: conv-GN-[FiLM]-ReLU-conv, +injection, GN, +z, ReLU, GN.
 
-    def __init__(self, channels: int, expansion: int, groups: int):
+    ``film_dim > 0`` adds the FiLM layer of spec B.3: a zero-initialised Linear from the
+    block's task-vector chunk to (gamma, beta) of the expanded channels."""
+
+    def __init__(self, channels: int, expansion: int, groups: int, film_dim: int = 0):
         super().__init__()
         hidden = channels * expansion
         self.conv1 = _conv3x3(channels, hidden)
@@ -199,9 +218,25 @@ class ResidualBlock(nn.Module):
         self.conv2 = _conv3x3(hidden, channels)
         self.gn2 = nn.GroupNorm(groups, channels)
         self.gn3 = nn.GroupNorm(groups, channels)
+        self.film: nn.Linear | None = None
+        if film_dim:
+            self.film = nn.Linear(film_dim, 2 * hidden)
+            with torch.no_grad():
+                self.film.weight.zero_()
+                self.film.bias.zero_()
 
-    def forward(self, z: Tensor, injection: Tensor) -> Tensor:
-        h = F.relu(self.gn1(self.conv1(z)))
+    def modulate(self, h: Tensor, task: Tensor) -> Tensor:
+        """FiLM after GN1 (spec B.3, form [I]): h * (1 + gamma) + beta, (gamma, beta) = Linear(task chunk)."""
+        if self.film is None:
+            raise ValueError("this block has no FiLM layer (MDEQConfig.task_dim = 0) but got a task vector")
+        gamma, beta = self.film(task).unsqueeze(-1).unsqueeze(-1).chunk(2, dim=1)
+        return h * (1 + gamma) + beta
+
+    def forward(self, z: Tensor, injection: Tensor, task: Tensor | None = None) -> Tensor:
+        h = self.gn1(self.conv1(z))
+        if task is not None:
+            h = self.modulate(h, task)
+        h = F.relu(h)
         h = self.conv2(h) + injection
         h = F.relu(self.gn2(h) + z)
         return self.gn3(h)
@@ -264,13 +299,15 @@ def build_fusion(channels: Sequence[int], groups: int) -> nn.ModuleList:
 
 def mdeq_layer(
     blocks: nn.ModuleList, fuse: nn.ModuleList, post_fuse: nn.ModuleList,
-    z: Sequence[Tensor], injection: Sequence[Tensor],
+    z: Sequence[Tensor], injection: Sequence[Tensor], task: Tensor | None = None,
 ) -> tuple[Tensor, ...]:
-    """The MDEQ map f(z, injection): per-branch residual blocks, multiscale fusion, post-fusion."""
+    """The MDEQ map f(z, injection[, task]): per-branch residual blocks (FiLM-conditioned on one chunk of
+    the per-sample task vector each when ``task`` is given, spec B.3), multiscale fusion, post-fusion."""
     n = len(blocks)
     if len(z) != n or len(injection) != n:
         raise ValueError(f"z and injection need {n} branches, got {len(z)} and {len(injection)}")
-    x = [block(zi, inj) for block, zi, inj in zip(blocks, z, injection)]
+    chunks: Sequence[Tensor | None] = [None] * n if task is None else task.chunk(n, dim=1)
+    x = [block(zi, inj, t) for block, zi, inj, t in zip(blocks, z, injection, chunks)]
     out = []
     for j in range(n):
         size = (x[j].shape[2], x[j].shape[3])
@@ -367,7 +404,10 @@ class MDEQClassifier(nn.Module):
             _conv3x3(config.in_channels, c0, s1), nn.GroupNorm(gf, c0), nn.ReLU(),
             _conv3x3(c0, c0, s2), nn.GroupNorm(gf, c0), nn.ReLU(),
         )
-        self.blocks = nn.ModuleList(ResidualBlock(c, config.expansion, config.block_groups) for c in config.channels)
+        film_dim = config.task_dim // config.num_branches
+        self.blocks = nn.ModuleList(
+            ResidualBlock(c, config.expansion, config.block_groups, film_dim) for c in config.channels
+        )
         self.fuse = build_fusion(config.channels, gf)
         self.post_fuse = nn.ModuleList(PostFuse(c, config.post_fuse_groups) for c in config.channels)
         self.head = ClassifierHead(config)
@@ -423,9 +463,30 @@ class MDEQClassifier(nn.Module):
         rest = tuple(x0.new_zeros(b, c, h, w) for c, (h, w) in zip(self.config.channels[1:], sizes[1:]))
         return (x0,) + rest
 
-    def layer(self, z: Sequence[Tensor], injection: Sequence[Tensor]) -> tuple[Tensor, ...]:
-        """The DEQ map f(z, injection): residual blocks, multiscale fusion, post-fusion."""
-        return mdeq_layer(self.blocks, self.fuse, self.post_fuse, z, injection)
+    def layer(
+        self, z: Sequence[Tensor], injection: Sequence[Tensor], task: Tensor | None = None
+    ) -> tuple[Tensor, ...]:
+        """The DEQ map f(z, injection[, task]): residual blocks, multiscale fusion, post-fusion.
+
+        ``task`` (FiLM models only, spec B.3) is (B, task_dim) or one row per task, which
+        :meth:`broadcast_task` spreads over the task-major batch."""
+        if task is not None:
+            task = self.broadcast_task(task, z[0].shape[0])
+        return mdeq_layer(self.blocks, self.fuse, self.post_fuse, z, injection, task)
+
+    def broadcast_task(self, task: Tensor, batch: int) -> Tensor:
+        """Per-sample task vectors from (batch, task_dim) or (tasks, task_dim) with the batch laid out
+        task-major (samples of task t at rows t*K .. t*K + K - 1, K = batch / tasks); spec B.2."""
+        if self.config.task_dim == 0:
+            raise ValueError("this MDEQ has no task input (MDEQConfig.task_dim = 0)")
+        if task.dim() != 2 or task.shape[1] != self.config.task_dim:
+            raise ValueError(f"task vectors must have shape (tasks, {self.config.task_dim}), got {tuple(task.shape)}")
+        tasks = task.shape[0]
+        if tasks == batch:
+            return task
+        if tasks == 0 or batch % tasks:
+            raise ValueError(f"{tasks} task vectors do not divide a batch of {batch} samples")
+        return task.repeat_interleave(batch // tasks, dim=0)
 
     def logits(self, z: Sequence[Tensor]) -> Tensor:
         """Classifier head h(z) -> (B, num_classes)."""
@@ -440,6 +501,21 @@ class MDEQClassifier(nn.Module):
         """Per-sample inner cost -CE(logits(z), labels), shape (B,) (JIIO eq. 26)."""
         return lambda z: -F.cross_entropy(self.logits(z), labels, reduction="none")
 
+    def task_layer_fn(self, images: Tensor) -> Callable[[Sequence[Tensor], Tensor], tuple[Tensor, ...]]:
+        """f(z, x) = layer(z, inject(images), x) for task-vector optimisation (JIIO meta-learning, spec B.2/B.3).
+
+        The image injection is computed once, here, in the caller's grad mode; ``x`` is per sample or one row
+        per task (see :meth:`broadcast_task`)."""
+        if self.config.task_dim == 0:
+            raise ValueError("task_layer_fn needs a FiLM model (MDEQConfig.task_dim > 0)")
+        injection = self.inject(images)
+        return lambda z, x: self.layer(z, injection, x)
+
+    def task_cost_fn(self, labels: Tensor, scale: float = 1.0) -> Callable[[Sequence[Tensor]], Tensor]:
+        """Per-sample inner cost scale * CE(logits(z), labels), shape (B,) (spec B.2: CE at the iterate z;
+        the reference scales by n_cls)."""
+        return lambda z: scale * F.cross_entropy(self.logits(z), labels, reduction="none")
+
     # ---------------------------------------------------------------- forward
 
     def forward(
@@ -452,6 +528,7 @@ class MDEQClassifier(nn.Module):
         backward: str = "ift",
         backward_options: dict[str, Any] | None = None,
         stats: dict[str, Any] | None = None,
+        task: Tensor | None = None,
     ) -> Tensor:
         """Logits at the equilibrium z* = f(z*, inject(images)).
 
@@ -460,14 +537,18 @@ class MDEQClassifier(nn.Module):
         ``backward_options=None`` with ``backward="ift"`` means
         :data:`DEFAULT_BACKWARD_OPTIONS` (Broyden, 20 iterations).  ``stats``
         receives the solver results (see :func:`deqbench.core.deq.fixed_point`).
+        ``task`` (FiLM models, spec B.2 query solve) is the task vector, held fixed during the solve; pass
+        it detached for the meta outer loop (B.4: no gradient through x*).
         """
         if self.config.weight_norm:
             reset_norms(self)
         if backward_options is None and backward == "ift":
             backward_options = dict(DEFAULT_BACKWARD_OPTIONS)
         injection = self.inject(images)
+        if task is not None:
+            task = self.broadcast_task(task, images.shape[0])
         z = fixed_point(
-            lambda state: self.layer(state, injection),
+            lambda state: self.layer(state, injection, task),
             self.z0(images),
             solver=solver,
             max_iter=max_iter,
