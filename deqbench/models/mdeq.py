@@ -504,10 +504,12 @@ class MDEQClassifier(nn.Module):
     def task_layer_fn(self, images: Tensor) -> Callable[[Sequence[Tensor], Tensor], tuple[Tensor, ...]]:
         """f(z, x) = layer(z, inject(images), x) for task-vector optimisation (JIIO meta-learning, spec B.2/B.3).
 
-        The image injection is computed once, here, in the caller's grad mode; ``x`` is per sample or one row
-        per task (see :meth:`broadcast_task`)."""
+        The weight-normalised weights and the image injection are computed once, here, in the caller's grad
+        mode; ``x`` is per sample or one row per task (see :meth:`broadcast_task`)."""
         if self.config.task_dim == 0:
             raise ValueError("task_layer_fn needs a FiLM model (MDEQConfig.task_dim > 0)")
+        if self.config.weight_norm:
+            reset_norms(self)
         injection = self.inject(images)
         return lambda z, x: self.layer(z, injection, x)
 
