@@ -13,7 +13,11 @@ dictionaries; MAML and iMAML also have a meta-batch version (mean over a leading
 >>> sorted(out.grads), out.loss.ndim
 (['bias', 'weight'], 0)
 
-This package is a lower layer: it imports only torch and never ``deqbench.experiments`` or ``deqbench.tasks``.
+The JIIO-DEQ meta step itself (spec B.2, B.4; the Table 7 Adam baseline, B.7) is in :mod:`deqbench.meta.jiio_deq`:
+:func:`adapt_task_vectors`, :func:`query_logits`, :func:`meta_loss`, :func:`adam_task_vectors`.
+
+This package is a lower layer: the baselines import only torch; ``jiio_deq`` imports ``deqbench.core``,
+``deqbench.inputopt`` and ``deqbench.models``; nothing here imports ``deqbench.experiments`` or ``deqbench.tasks``.
 """
 
 from __future__ import annotations
@@ -36,6 +40,19 @@ from ._functional import (
 )
 from ._tasks import MetaGradient, mean_over_tasks
 from .imaml import IMAMLConfig, conjugate_gradient, imaml_adapt, imaml_meta_gradient, imaml_meta_gradient_batch
+from .jiio_deq import (
+    AdamTaskResult,
+    InnerLoopResult,
+    JIIODEQConfig,
+    MetaStats,
+    adam_task_vectors,
+    adapt_task_vectors,
+    inner_loop,
+    meta_loss,
+    query_equilibrium,
+    query_logits,
+    query_loss,
+)
 from .maml import MAMLConfig, maml_adapt, maml_meta_gradient, maml_meta_gradient_batch
 from .reptile import (
     ReptileConfig,
@@ -53,4 +70,6 @@ __all__ = [
     "ReptileConfig", "reptile_adapt", "reptile_meta_gradient", "reptile_meta_step", "reptile_outer_step_size",
     "reptile_task_update",
     "IMAMLConfig", "conjugate_gradient", "imaml_adapt", "imaml_meta_gradient", "imaml_meta_gradient_batch",
+    "JIIODEQConfig", "InnerLoopResult", "MetaStats", "AdamTaskResult", "inner_loop", "adapt_task_vectors",
+    "query_equilibrium", "query_logits", "query_loss", "meta_loss", "adam_task_vectors",
 ]
