@@ -19,6 +19,7 @@ include: "pipelines/jiio_adversarial.smk"
 include: "pipelines/jiio_generative.smk"
 include: "pipelines/moptqs.smk"
 include: "pipelines/implicit2.smk"
+include: "pipelines/jiio_meta.smk"
 include: "pipelines/claims.smk"
 
 

@@ -34,16 +34,20 @@ class LoopSettings:
     checkpoint_every: int
     log_every: int
     lr: float
-    lr_schedule: Literal["constant", "cosine", "multistep"] = "constant"
+    lr_schedule: Literal["constant", "cosine", "multistep", "linear"] = "constant"
     lr_min: float = 0.0
     lr_milestones: tuple[float, ...] = ()  # multistep: fractions of the run where the LR is multiplied by lr_gamma
     lr_gamma: float = 0.1
 
     def lr_at(self, step: int) -> float:
         """The learning rate of optimisation step ``step`` (cosine: decay to ``lr_min`` over the run, per step;
-        multistep: ``lr * lr_gamma ** k`` after the k-th milestone, e.g. epochs 100/150/175 of 200 = 0.5/0.75/0.875)."""
+        multistep: ``lr * lr_gamma ** k`` after the k-th milestone, e.g. epochs 100/150/175 of 200 = 0.5/0.75/0.875;
+        linear: from ``lr`` at step 0 towards ``lr_min`` at ``steps``, Reptile's outer step-size annealing)."""
         if self.lr_schedule == "constant":
             return self.lr
+        if self.lr_schedule == "linear":
+            frac = min(max(step / max(self.steps, 1), 0.0), 1.0)
+            return (1.0 - frac) * self.lr + frac * self.lr_min
         if self.lr_schedule == "multistep":
             passed = sum(step >= round(m * self.steps) for m in self.lr_milestones)
             return self.lr * self.lr_gamma**passed
