@@ -311,6 +311,16 @@ def test_bad_profile_fails_cleanly(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+def test_missing_dataset_message_reaches_the_console(tmp_path):
+    """Offline, the paper profile's Omniglot job fails; the message naming the missing folder is on the console
+    (profiles/default: show-failed-logs), the run exits non-zero and leaves no table."""
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    proc = snakemake(tmp_path, "results/table6.csv", "--config", "profile=paper")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and str(tmp_path / "data/raw/omniglot-py") in out, out[-3000:]
+    assert not (tmp_path / "results/table6.csv").exists()
+
+
 def test_dvc_yaml_lists_every_declared_table():
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     declared: set[str] = set()
