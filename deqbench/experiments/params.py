@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from deqbench.experiments.settings import Above, Max, Min, NonNegativeFloat, PositiveFloat, PositiveInt
+from deqbench.experiments.settings import Above, Max, Min, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from deqbench.models.mdeq import MDEQConfig
 
 Fraction = Annotated[float, Above(0), Max(1)]
@@ -68,10 +68,11 @@ class MDEQParams:
     weight_norm: bool
     init_std: PositiveFloat = 0.01  # N(0, std) init of the convs that are not weight-normalised (reference: 0.01)
     stem_downsample: Annotated[int, Min(0), Max(2)] = 0  # stride-2 stem convs (ImageNet-style inputs: 2)
+    task_dim: NonNegativeInt = 0  # FiLM task-vector size (JIIO meta-learning, spec B.3); 0: no task input
 
     def config(self, in_channels: int, num_classes: int) -> MDEQConfig:
         return MDEQConfig(in_channels=in_channels, num_classes=num_classes, channels=self.channels,
                           expansion=self.expansion, block_groups=self.block_groups, fuse_groups=self.fuse_groups,
                           post_fuse_groups=self.post_fuse_groups, head_channels=self.head_channels,
                           final_channels=self.final_channels, weight_norm=self.weight_norm, init_std=self.init_std,
-                          stem_downsample=self.stem_downsample)
+                          stem_downsample=self.stem_downsample, task_dim=self.task_dim)

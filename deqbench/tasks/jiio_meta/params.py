@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from deqbench.experiments.params import MDEQParams
 from deqbench.experiments.settings import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 MethodName = Literal["jiio_deq", "maml", "reptile", "imaml"]
@@ -49,19 +50,11 @@ class LoopParams:
 
 
 @dataclass(frozen=True)
-class MDEQParams:
-    """The FiLM-conditioned 2-branch MDEQ of spec B.3 (Table 9: channels [64, 128], GroupNorm(8), 5x, weight norm)."""
+class FiLMMDEQParams(MDEQParams):
+    """The FiLM-conditioned 2-branch MDEQ of spec B.3 (Table 9: channels [64, 128], GroupNorm(8), 5x, weight norm;
+    ``task_dim`` 400): the shared MDEQ block plus how the FiLM and the solver convs start."""
 
-    channels: tuple[PositiveInt, ...]
-    expansion: PositiveInt
-    block_groups: PositiveInt
-    fuse_groups: PositiveInt
-    post_fuse_groups: PositiveInt
-    head_channels: tuple[PositiveInt, ...]
-    final_channels: PositiveInt
-    task_dim: PositiveInt  # the per-task vector x (paper 400), split evenly over the branches
-    init_std: PositiveFloat  # N(0, std) of the convolutions that are not weight-normalised (reference 0.01)
-    film_init_std: NonNegativeFloat  # N(0, std) of the FiLM weights (bias 0); 0 with x0 = 0 never moves (training.py)
+    film_init_std: NonNegativeFloat = 0.0  # N(0, std) of the FiLM weights (bias 0); 0 with x0 = 0 never moves
     # Initial weight-norm gain g of each block's first conv and of the post-fusion convs; null: PyTorch's (||w||).
     # Small g starts the GroupNorms after them in their eps-dominated, nearly linear regime, so f starts contractive
     # and the solves converge at initialisation (an initialisation choice, not in the paper).
@@ -94,7 +87,7 @@ class QueryParams:
 class JIIODEQParams:
     """JIIO-DEQ (spec B.2-B.4): the model, inner loop, query solve, Jacobian regulariser and the outer Adam."""
 
-    model: MDEQParams
+    model: FiLMMDEQParams
     inner: InnerParams
     query: QueryParams
     jac_reg: NonNegativeFloat  # 0.5 (B.4), Hutchinson at a random support-trajectory iterate

@@ -113,6 +113,10 @@ def build_settings(info: ProfileInfo, params: JIIOMetaParams) -> JIIOMetaSetting
     if len(m.channels) != len(m.head_channels):
         raise ConfigError(f"{where}.jiio_deq.model.head_channels: one entry per branch ({len(m.channels)}), got "
                           f"{list(m.head_channels)}")
+    if m.task_dim < 1:
+        raise ConfigError(f"{where}.jiio_deq.model.task_dim: JIIO-DEQ needs a task vector (task_dim >= 1)")
+    if m.contractive_gain is not None and not m.weight_norm:
+        raise ConfigError(f"{where}.jiio_deq.model.contractive_gain: sets weight-norm gains, needs weight_norm: true")
     if m.task_dim % len(m.channels):
         raise ConfigError(f"{where}.jiio_deq.model.task_dim: {m.task_dim} does not split over {len(m.channels)} "
                           f"branches")

@@ -32,7 +32,7 @@ from deqbench.meta import (
 )
 from deqbench.meta.jiio_deq import JIIODEQConfig, adapt_task_vectors, flatten_tasks, meta_loss, query_logits
 from deqbench.models.conv4 import Conv4
-from deqbench.models.mdeq import MDEQClassifier, MDEQConfig
+from deqbench.models.mdeq import MDEQClassifier
 from deqbench.tasks.jiio_meta.params import (
     ConvBackboneParams, DataParams, JIIODEQParams,
 )
@@ -80,10 +80,7 @@ def jiio_deq_model(p: JIIODEQParams, n_way: int) -> MDEQClassifier:
     about 0.3 after 18 Broyden iterations on the stand-in), z* is then a nearly chaotic function of x and the inner
     loop cannot lower the support cost."""
     m = p.model
-    model = MDEQClassifier(MDEQConfig(
-        in_channels=1, num_classes=n_way, channels=m.channels, expansion=m.expansion, block_groups=m.block_groups,
-        fuse_groups=m.fuse_groups, post_fuse_groups=m.post_fuse_groups, head_channels=m.head_channels,
-        final_channels=m.final_channels, init_std=m.init_std, task_dim=m.task_dim))
+    model = MDEQClassifier(m.config(in_channels=1, num_classes=n_way))
     with torch.no_grad():
         for block in model.blocks:
             assert block.film is not None
