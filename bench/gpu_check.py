@@ -189,7 +189,7 @@ def section_table3(report: Report, device: torch.device, tiny: bool) -> dict[str
         out["parameters"] = model.num_parameters()
         methods = {f"adam{job.adam.steps}": job.adam, "jiio40": job.jiio40,
                    f"jiio{job.jiio_test.iterations}": job.jiio_test}
-        timed = dataclasses.replace(job, timing=dataclasses.replace(job.timing, repeats=1 if tiny else 3, warmup=1))
+        timed = dataclasses.replace(job, timing=dataclasses.replace(job.timing, repeats=1 if tiny else 2, warmup=1))
         result = time_side_by_side(model, targets, timed, methods, device, False, f"table3 batch {batch}")
         rows = {}
         for name, r in result.items():
@@ -480,6 +480,22 @@ def section_torchdeq(report: Report, device: torch.device, tiny: bool, out_dir: 
 # ----------------------------------------------------------------------------- training smoke
 
 
+def _run_jobs(jobs: list[tuple[str, list[str]]], stop_on_failure: bool = False) -> list[dict[str, Any]]:
+    """Run command-line jobs one after another; exit status, wall time and output tail of each."""
+    results = []
+    for name, cmd in jobs:
+        t0 = time.perf_counter()
+        proc = _run(cmd, 240)
+        wall = time.perf_counter() - t0
+        tail = (proc.stdout + proc.stderr)[-600:]
+        results.append({"job": name, "exit": proc.returncode, "wall_s": wall, "output_tail": tail})
+        print(f"  {name}: exit {proc.returncode}, {wall:.1f} s\n    " + tail.strip().replace("\n", "\n    "),
+              flush=True)
+        if stop_on_failure and proc.returncode != 0:
+            raise RuntimeError(f"{name}: exit {proc.returncode}")
+    return results
+
+
 def section_train(report: Report, device: torch.device, tiny: bool, out_dir: Path) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="deqbench-gpu-train-"))
     base = [sys.executable, "-m", "deqbench", "--profile", "smoke" if tiny else PROFILE, "--no-progress"]
@@ -501,21 +517,135 @@ def section_train(report: Report, device: torch.device, tiny: bool, out_dir: Pat
             "jiio_generative", "train", "--data", str(work / "faces.pt"), "--model", model, "--problem", problem,
             "--seed", "0", "--out", str(work / f"gen_{model}_{problem}.pt"),
             "--partial", str(work / f"gen_{model}_{problem}.partial")]))
-    results = []
-    for name, cmd in jobs:
-        t0 = time.perf_counter()
-        proc = _run(cmd, 240)
-        wall = time.perf_counter() - t0
-        tail = (proc.stdout + proc.stderr)[-600:]
-        results.append({"job": name, "exit": proc.returncode, "wall_s": wall, "output_tail": tail})
-        print(f"  {name}: exit {proc.returncode}, {wall:.1f} s\n    " + tail.strip().replace("\n", "\n    "),
-              flush=True)
+    results = _run_jobs(jobs)
     ok = sum(r["exit"] == 0 for r in results)
     report.headline("train smoke jobs passing", ok, f"of {len(results)}", f"profile {PROFILE}, {steps} steps each")
     return {"profile": PROFILE, "steps": int(steps), "jobs": results}
 
 
-SECTIONS = ("table2", "table3", "memory", "attack_memory", "profile", "overhead", "torchdeq", "train")
+# ----------------------------------------------------------------------------- the newer models (issue 14 item 6)
+
+
+def _cli(profile: str) -> list[str]:
+    return [sys.executable, "-m", "deqbench", "--profile", profile, "--no-progress"]
+
+
+def _sets(**values: Any) -> list[str]:
+    return [arg for key, value in values.items() for arg in ("--set", f"{key.replace('__', '.')}={value}")]
+
+
+def section_moptqs(report: Report, device: torch.device, tiny: bool, out_dir: Path) -> dict[str, Any]:
+    """MOptEqs Table 6 at the paper's size (ImageNette stand-in at 256 px, batch 32): the MDEQ against the
+    one-step MOptEq, a few training steps each (the training smoke), then the ``cost`` stage side by side."""
+    from deqbench.tasks.moptqs import TASK
+
+    profile = "smoke" if tiny else PROFILE
+    cost = TASK.settings(load_profile(PARAMS, profile)).params.cost
+    work = Path(tempfile.mkdtemp(prefix="deqbench-gpu-moptqs-"))
+    data = work / f"{cost.dataset}.pt"
+    train = _sets(moptqs__train__max_steps=2, moptqs__train__log_every=1, moptqs__train__checkpoint_every=2,
+                  moptqs__eval__limit=32)
+    jobs = [(f"moptqs prepare {cost.dataset}",
+             _cli(profile) + ["moptqs", "prepare", "--dataset", cost.dataset, "--out", str(data)])]
+    checkpoints = []
+    for model in cost.models:
+        checkpoints.append(str(work / f"{model}.pt"))
+        jobs.append((f"moptqs train-evaluate {model}", _cli(profile) + train + [
+            "moptqs", "train-evaluate", "--data", str(data), "--dataset", cost.dataset, "--model", model,
+            "--seed", str(cost.seed), "--out", checkpoints[-1], "--partial", str(work / f"{model}.partial"),
+            "--evaluation", str(work / f"{model}_eval.json")]))
+    result_path = work / "moptqs_cost.json"  # kept in gpu_check.json
+    jobs.append(("moptqs cost", _cli(profile) + _sets(moptqs__cost__repeats=1 if tiny else 5, moptqs__cost__warmup=1)
+                 + ["moptqs", "cost", "--data", str(data), "--checkpoints", *checkpoints, "--out", str(result_path)]))
+    jobs_run = _run_jobs(jobs, stop_on_failure=True)
+    result = json.loads(result_path.read_text())
+    mdeq, one_step = result["rows"][0], result["rows"][1]
+    batch = result["batch_size"]
+    note = (f"{mdeq['label']} vs {one_step['label']}, {result['data_source']}, untrained weights after 2 steps; "
+            f"MDEQ {mdeq['memory_bytes'] / 2**30:.2f} GiB / {1e3 * mdeq['inference_seconds']:.1f} ms inference / "
+            f"{1e3 * mdeq['train_step_seconds']:.1f} ms step; one-step {one_step['memory_bytes'] / 2**30:.2f} GiB / "
+            f"{1e3 * one_step['inference_seconds']:.1f} ms / {1e3 * one_step['train_step_seconds']:.1f} ms")
+    report.headline(f"moptqs memory one-step / mdeq batch {batch}",
+                    one_step["memory_bytes"] / max(mdeq["memory_bytes"], 1), "x", "paper 3.0 / 8.0 GB; " + note)
+    report.headline(f"moptqs inference mdeq / one-step batch {batch}",
+                    mdeq["inference_seconds"] / one_step["inference_seconds"], "x", "paper 1.06 / 0.26 s")
+    report.headline(f"moptqs train step mdeq / one-step batch {batch}",
+                    mdeq["train_step_seconds"] / one_step["train_step_seconds"], "x", "paper: 9 h / 3 h in total")
+    return {"profile": profile, "jobs": jobs_run, "cost": result}
+
+
+def section_implicit2(report: Report, device: torch.device, tiny: bool, out_dir: Path) -> dict[str, Any]:
+    """(Implicit)^2 at the paper's width on a 512 px stand-in image: one short fit of every size (the training
+    smoke), then the ``cost`` stage (explicit nL, full-solve DEQ with M iterations, amortised, per step)."""
+    from deqbench.tasks.implicit2 import TASK
+
+    profile = "smoke" if tiny else PROFILE
+    params = TASK.settings(load_profile(PARAMS, profile)).params
+    work = Path(tempfile.mkdtemp(prefix="deqbench-gpu-implicit2-"))
+    result_path = work / "implicit2_cost.json"  # kept in gpu_check.json
+    dataset, filt = params.generalization.sets[0], params.cost.filter
+    jobs = [(f"implicit2 fit {dataset} image 0 {filt}", _cli(profile) + _sets(
+                implicit2__train__steps=4, implicit2__train__log_every=1)
+             + ["implicit2", "fit", "--dataset", dataset, "--image", "0", "--filter", filt,
+                "--out", str(work / "fit.json")]),
+            ("implicit2 cost", _cli(profile) + _sets(implicit2__cost__repeats=1 if tiny else 5,
+                                                     implicit2__cost__warmup=1)
+             + ["implicit2", "cost", "--out", str(result_path)])]
+    jobs_run = _run_jobs(jobs, stop_on_failure=True)
+    result = json.loads(result_path.read_text())
+    rows = result["rows"]
+    ms = {(r["kind"], r["layers"], r["solver_iterations"]): 1e3 * r["step_seconds"] for r in rows}
+    m_max = max(m for kind, _, m in ms if kind == "amortized")
+    l_max = max(layers for kind, layers, _ in ms if kind == "explicit")
+    amortized = ms[("amortized", 1, m_max)]
+    amortized_all = [v for (kind, _, _), v in ms.items() if kind == "amortized"]
+    note = (f"width {result['width']}, {result['n_pixels']} pixels, {result['image_name']}; "
+            + ", ".join(f"{k[0]} L={k[1]} M={k[2]}: {v:.2f} ms" for k, v in sorted(ms.items(), key=str)))
+    report.headline(f"implicit2 deq M={m_max} / amortized step", ms[("deq_full_solve", 1, m_max)] / amortized, "x",
+                    note)
+    report.headline(f"implicit2 explicit {l_max}L / amortized 1L step", ms[("explicit", l_max, None)] / amortized,
+                    "x", "per training step (forward, backward, Adam)")
+    report.headline("implicit2 amortized step max / min over M", max(amortized_all) / min(amortized_all), "x",
+                    "O(1) in M if near 1")
+    return {"profile": profile, "jobs": jobs_run, "cost": result}
+
+
+def section_meta(report: Report, device: torch.device, tiny: bool, out_dir: Path) -> dict[str, Any]:
+    """JIIO meta-learning at the paper's size (digits stand-in at 28 px): a few meta-steps of every Table 6 method
+    (the training smoke), then Table 7 (Adam-20 vs JIIO-100 on one batch of tasks) with the JIIO-DEQ checkpoint."""
+    from deqbench.tasks.jiio_meta import TASK
+
+    profile = "smoke" if tiny else PROFILE
+    params = TASK.settings(load_profile(PARAMS, profile)).params
+    work = Path(tempfile.mkdtemp(prefix="deqbench-gpu-meta-"))
+    train = _sets(jiio_meta__eval__tasks=params.eval.batch_tasks if not tiny else 4,
+                  **{f"jiio_meta__{m}__meta_steps": 2 for m in params.methods})
+    jobs = []
+    for method in params.methods:
+        jobs.append((f"jiio_meta train {method}", _cli(profile) + train + [
+            "jiio_meta", "train", "--method", method, "--checkpoint", str(work / f"{method}.pt"),
+            "--partial", str(work / f"{method}.partial"), "--out", str(work / f"{method}.json")]))
+    result_path = work / "meta_timing.json"  # kept in gpu_check.json
+    jobs.append(("jiio_meta timing", _cli(profile) + ["jiio_meta", "timing", "--checkpoint",
+                                                      str(work / "jiio_deq.pt"), "--out", str(result_path)]))
+    jobs_run = _run_jobs(jobs)
+    ok = sum(r["exit"] == 0 for r in jobs_run[:-1])
+    report.headline("meta train smoke jobs passing", ok, f"of {len(jobs_run) - 1}",
+                    f"profile {profile}, 2 meta-steps each (paper models)")
+    if jobs_run[-1]["exit"] != 0:
+        raise RuntimeError("jiio_meta timing failed")
+    result = json.loads(result_path.read_text())
+    adam, jiio = result["rows"]["adam"], result["rows"]["jiio"]
+    report.headline(f"meta {adam['label']} / {jiio['label']} batch {result['tasks']} tasks", result["ratio"], "x",
+                    f"{adam['ms_per_task']:.1f} vs {jiio['ms_per_task']:.1f} ms per task; f/VJP "
+                    f"{adam['f_evals']}/{adam['vjps']} vs {jiio['f_evals']}/{jiio['vjps']}; paper-size FiLM MDEQ "
+                    f"after 2 meta-steps")
+    return {"profile": profile, "jobs": jobs_run, "timing": result}
+
+
+SECTIONS = ("table2", "table3", "memory", "attack_memory", "profile", "overhead", "torchdeq", "train", "moptqs",
+            "implicit2", "meta")
+WRITES_FILES = ("overhead", "torchdeq", "train", "moptqs", "implicit2", "meta")  # sections that take the output folder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -550,8 +680,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         try:
             fn = globals()[f"section_{name}"]
-            content = fn(report, device, args.tiny, out) if name in ("overhead", "torchdeq", "train") \
-                else fn(report, device, args.tiny)
+            content = fn(report, device, args.tiny, out) if name in WRITES_FILES else fn(report, device, args.tiny)
             content["wall_s"] = time.perf_counter() - t0
         except Exception as err:  # keep measuring the other sections; the error goes in the report
             failures += 1

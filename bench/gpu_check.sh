@@ -13,4 +13,6 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 | tee "$out/nvidia-smi.csv" || true
-python3 bench/gpu_check.py --out "$out" --deadline "${DEQBENCH_GPU_DEADLINE:-330}" 2>&1 | tee "$out/gpu_check.log"
+# DEQBENCH_GPU_SECTIONS: a comma-separated subset / order of the sections (default: all, in the script's order).
+python3 bench/gpu_check.py --out "$out" --deadline "${DEQBENCH_GPU_DEADLINE:-330}" \
+  ${DEQBENCH_GPU_SECTIONS:+--sections "$DEQBENCH_GPU_SECTIONS"} 2>&1 | tee "$out/gpu_check.log"
