@@ -140,26 +140,36 @@ def section_table2(report: Report, device: torch.device, tiny: bool) -> dict[str
                       "note": "per iteration: one f and one VJP of the augmented map (eq. 11)"}}
     out: dict[str, Any] = {"profile": PROFILE, "data": "digits28 stand-in at 28 px", "nominal_counts": counts,
                            "modes": {}}
-    for mode in ("full", "auto", "off"):
-        timed = dataclasses.replace(job, net=dataclasses.replace(net, cuda_graph=mode),
-                                    timing=dataclasses.replace(job.timing, batch_sizes=batches,
-                                                               repeats=repeats if mode == "full" else max(1, repeats - 2)))
-        rows = time_attacks(timed, data, device, progress=False)
-        out["modes"][mode] = rows
-        for row in rows:
-            print(f"  [{mode}] {row['method']}-{row['iterations']} batch {row['batch_size']}: "
-                  f"{row['ms_per_example']:.2f} ms/example", flush=True)
-    for row in out["modes"]["full"]:
+    # time_attacks times both methods eager and at the net's cuda_graph mode, side by side (equal engineering).
+    timed = dataclasses.replace(job, net=dataclasses.replace(net, cuda_graph="full"),
+                                timing=dataclasses.replace(job.timing, batch_sizes=batches, repeats=repeats))
+    rows = time_attacks(timed, data, device, progress=False)
+    out["modes"]["full"] = rows
+    for row in rows:
+        print(f"  [{row.get('engineering')}] {row['method']}-{row['iterations']} batch {row['batch_size']}: "
+              f"{row['ms_per_example']:.2f} ms/example", flush=True)
+    table2_headlines(report, out)
+    return out
+
+
+def table2_headlines(report: Report, content: dict[str, Any]) -> None:
+    """Headline rows of the Table 2 section: JIIO-80 ms/example and PGD-20 / JIIO-80, graphed and eager (rows
+    without an ``engineering`` field come from runs before it existed: mode ``full`` graphed, ``off`` eager)."""
+    modes = content["modes"]
+    graphed = [r for r in modes.get("full", []) if r.get("engineering", "graphed") == "graphed"]
+    eager = [r for r in modes.get("full", []) if r.get("engineering") == "eager"] or modes.get("off", [])
+    for row in graphed:
         if row["method"] == "jio":
             report.headline(f"table2 jiio-80 ms/example batch {row['batch_size']}", row["ms_per_example"], "ms",
                             "cuda_graph=full")
             report.headline(f"table2 pgd-20 / jiio-80 batch {row['batch_size']}", row["pgd_over_jio"], "x",
                             "both cuda_graph=full")
-    for row in out["modes"]["off"]:
+    for row in eager:
         if row["method"] == "jio":
+            report.headline(f"table2 jiio-80 ms/example batch {row['batch_size']} eager", row["ms_per_example"],
+                            "ms", "cuda_graph=off")
             report.headline(f"table2 pgd-20 / jiio-80 batch {row['batch_size']} eager", row["pgd_over_jio"], "x",
                             "both cuda_graph=off")
-    return out
 
 
 # ----------------------------------------------------------------------------- Table 3 and memory
@@ -593,21 +603,33 @@ def section_implicit2(report: Report, device: torch.device, tiny: bool, out_dir:
              + ["implicit2", "cost", "--out", str(result_path)])]
     jobs_run = _run_jobs(jobs, stop_on_failure=True)
     result = json.loads(result_path.read_text())
-    rows = result["rows"]
-    ms = {(r["kind"], r["layers"], r["solver_iterations"]): 1e3 * r["step_seconds"] for r in rows}
-    m_max = max(m for kind, _, m in ms if kind == "amortized")
-    l_max = max(layers for kind, layers, _ in ms if kind == "explicit")
-    amortized = ms[("amortized", 1, m_max)]
-    amortized_all = [v for (kind, _, _), v in ms.items() if kind == "amortized"]
+    content = {"profile": profile, "jobs": jobs_run, "cost": result}
+    implicit2_headlines(report, content)
+    return content
+
+
+def implicit2_headlines(report: Report, content: dict[str, Any]) -> None:
+    """Headline rows of the (Implicit)^2 cost section, in the terms of claim IMP2-COST: amortised time per step
+    at the largest M over the smallest, the full-solve DEQ's, the explicit net's largest L over smallest, and the
+    full-solve DEQ and explicit net against the amortised model."""
+    result = content["cost"]
+    ms = {(r["kind"], r["layers"], r["solver_iterations"]): 1e3 * r["step_seconds"] for r in result["rows"]}
+    m_all = sorted(m for kind, _, m in ms if kind == "amortized")
+    l_all = sorted(layers for kind, layers, _ in ms if kind == "explicit")
+    amortized = ms[("amortized", 1, m_all[-1])]
     note = (f"width {result['width']}, {result['n_pixels']} pixels, {result['image_name']}; "
             + ", ".join(f"{k[0]} L={k[1]} M={k[2]}: {v:.2f} ms" for k, v in sorted(ms.items(), key=str)))
-    report.headline(f"implicit2 deq M={m_max} / amortized step", ms[("deq_full_solve", 1, m_max)] / amortized, "x",
-                    note)
-    report.headline(f"implicit2 explicit {l_max}L / amortized 1L step", ms[("explicit", l_max, None)] / amortized,
+    report.headline(f"implicit2 amortized step M={m_all[-1]} / M={m_all[0]}",
+                    amortized / ms[("amortized", 1, m_all[0])], "x", "O(1) in M if near 1; " + note)
+    report.headline(f"implicit2 deq step M={m_all[-1]} / M={m_all[0]}",
+                    ms[("deq_full_solve", 1, m_all[-1])] / ms[("deq_full_solve", 1, m_all[0])], "x",
+                    "full solve every step: O(M)")
+    report.headline(f"implicit2 explicit step {l_all[-1]}L / {l_all[0]}L",
+                    ms[("explicit", l_all[-1], None)] / ms[("explicit", l_all[0], None)], "x", "O(L)")
+    report.headline(f"implicit2 deq M={m_all[-1]} / amortized step", ms[("deq_full_solve", 1, m_all[-1])] / amortized,
                     "x", "per training step (forward, backward, Adam)")
-    report.headline("implicit2 amortized step max / min over M", max(amortized_all) / min(amortized_all), "x",
-                    "O(1) in M if near 1")
-    return {"profile": profile, "jobs": jobs_run, "cost": result}
+    report.headline(f"implicit2 explicit {l_all[-1]}L / amortized 1L step", ms[("explicit", l_all[-1], None)]
+                    / amortized, "x", "per training step (forward, backward, Adam)")
 
 
 def section_meta(report: Report, device: torch.device, tiny: bool, out_dir: Path) -> dict[str, Any]:
@@ -645,7 +667,32 @@ def section_meta(report: Report, device: torch.device, tiny: bool, out_dir: Path
 
 SECTIONS = ("table2", "table3", "memory", "attack_memory", "profile", "overhead", "torchdeq", "train", "moptqs",
             "implicit2", "meta")
+HEADLINES = {"table2": table2_headlines, "implicit2": implicit2_headlines}  # re-derived from raw rows by --merge
 WRITES_FILES = ("overhead", "torchdeq", "train", "moptqs", "implicit2", "meta")  # sections that take the output folder
+
+
+def merge_runs(run_dirs: list[Path], out: Path) -> int:
+    """Write one report from several runs' ``gpu_check.json`` (their environments listed under ``runs``)."""
+    runs = [json.loads((d / "gpu_check.json").read_text()) for d in run_dirs]
+    devices = {r["environment"]["device"] for r in runs}
+    if len(devices) != 1:
+        print(f"--merge: runs on different devices {sorted(devices)}; ratios would not compare", file=sys.stderr)
+        return 2
+    report = Report(out, runs[0]["environment"])
+    report.data["runs"] = [{"dir": str(d), **r["environment"]} for d, r in zip(run_dirs, runs)]
+    sections = {name: content for run in runs for name, content in run["sections"].items()}
+    derived = [name for name in HEADLINES if "error" not in sections.get(name, {"error": "absent"})]
+    rows: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        rows.update({row["measurement"]: row for row in run.get("headlines", [])
+                     if row["measurement"].split(" ")[0] not in derived})
+    report.rows = list(rows.values())
+    for name in derived:
+        HEADLINES[name](report, sections[name])
+    for name, content in sections.items():
+        report.section(name, content)
+    print(f"merged {len(runs)} runs: {len(report.rows)} headline rows -> {out}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -655,7 +702,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sections", default=",".join(SECTIONS))
     parser.add_argument("--deadline", type=float, default=450.0, help="skip sections that start after this many s")
     parser.add_argument("--no-adam-cost", action="store_true", help="memory section: skip Adam-40's full run")
+    parser.add_argument("--merge", nargs="+", metavar="RUN_DIR",
+                        help="combine the gpu_check.json of several runs (same device) into --out, re-deriving the "
+                             "Table 2 headlines from the raw rows; later runs' sections win")
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge_runs([Path(d) for d in args.merge], Path(args.out))
     global ADAM_COST
     ADAM_COST = not args.no_adam_cost
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
