@@ -54,7 +54,7 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-from ._common import DEFAULT_ROOT_ENV, DatasetNotFoundError, LabeledImages, resolve_root
+from ._common import DEFAULT_ROOT_ENV, DatasetFormatError, DatasetNotFoundError, LabeledImages, resolve_root
 from .embedded import (
     PATCH_SOURCES,
     load_digits28,
@@ -67,6 +67,7 @@ from .real import load_cifar10, load_cifar100, load_imagenet, load_imagenette, l
 __all__ = [
     "LabeledImages",
     "DatasetNotFoundError",
+    "DatasetFormatError",
     "DatasetSpec",
     "DATASETS",
     "SPLITS",

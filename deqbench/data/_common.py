@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["LabeledImages", "DatasetNotFoundError", "resolve_root", "DEFAULT_ROOT_ENV"]
+__all__ = ["LabeledImages", "DatasetNotFoundError", "DatasetFormatError", "resolve_root", "DEFAULT_ROOT_ENV"]
 
 #: Environment variable giving the default data root when ``root`` is not passed.
 DEFAULT_ROOT_ENV = "DEQBENCH_DATA"
@@ -25,6 +25,11 @@ class DatasetNotFoundError(FileNotFoundError):
     def __init__(self, message: str, missing: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.missing = tuple(missing)
+
+
+class DatasetFormatError(ValueError):
+    """A real dataset's file is on disk but is not in the expected format (truncated, wrong header, wrong layout);
+    the message starts with the file's path."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -58,6 +58,7 @@ import torch
 import torch.nn.functional as F
 
 from ._common import LabeledImages
+from .pinned import PINNED_SOURCES, verified_sources
 
 __all__ = [
     "load_digits28",
@@ -83,6 +84,7 @@ def load_digits28(split: str, root: Path | None = None, *, seed: int = 0, test_f
 
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    digest = verified_sources("digits28", ["digits.csv.gz"])["digits.csv.gz"]
     digits = load_digits()
     images = np.asarray(digits.images, dtype=np.float32)  # (1797, 8, 8), 0..16
     targets = np.asarray(digits.target, dtype=np.int64)
@@ -97,7 +99,7 @@ def load_digits28(split: str, root: Path | None = None, *, seed: int = 0, test_f
     csv = Path(sklearn.datasets.__file__).parent / "data" / "digits.csv.gz"
     source = (
         f"embedded MNIST stand-in: scikit-learn load_digits() ({len(targets)} real 8x8 handwritten digits, "
-        f"values 0..16, file {csv}), scaled by 1/16 to [0,1] and resized 8x8->28x28 with bilinear interpolation "
+        f"values 0..16, file {csv}, sha256 {digest} as pinned), scaled by 1/16 to [0,1] and resized 8x8->28x28 with bilinear interpolation "
         f"(torch interpolate, align_corners=False, no antialias, full frame); split = "
         f"sklearn train_test_split(test_size={test_fraction}, stratify=labels, random_state={seed}) -> "
         f"{len(train_idx)} train / {len(test_idx)} test, disjoint; this is the {split} part ({len(idx)} images)"
@@ -192,6 +194,7 @@ def _read_rgb(src: PatchSource) -> np.ndarray:
             f"the photo-patch datasets need {src.filename} from the {src.package} package, expected at {path}; "
             f"reinstall {src.package.split('.')[0]} from a standard wheel, which bundles it"
         )
+    verified_sources("sample-patches (photo-patch stand-ins)", [src.filename])
     with Image.open(path) as im:
         return np.array(im.convert("RGB"), dtype=np.uint8)  # a writable copy
 
@@ -296,7 +299,8 @@ def _load_patches(
     for k, (s, a) in enumerate(zip(PATCH_SOURCES, sources)):
         classes = str(k) if B == 1 else f"{k * B}..{k * B + B - 1}"
         groups.setdefault(s.path().parent, []).append(
-            f"{classes} {s.name}={s.filename} ({a.shape[1]}x{a.shape[2]} resized)"
+            f"{classes} {s.name}={s.filename} (sha256 {PINNED_SOURCES[s.filename][2][:16]}... as pinned, "
+            f"{a.shape[1]}x{a.shape[2]} resized)"
         )
     listing = "; ".join(f"{', '.join(items)} [from {folder}]" for folder, items in groups.items())
     side = "left" if split == "train" else "right"

@@ -53,6 +53,7 @@ import numpy as np
 import torch
 
 from ._common import DatasetNotFoundError, resolve_root
+from .pinned import verified_sources
 
 __all__ = [
     "ImageSet",
@@ -141,6 +142,7 @@ def load_lfw_faces(split: str, *, image_size: int = 16, test_fraction: float = 0
         )
     from skimage.data import lfw_subset
 
+    digest = verified_sources("lfw-faces", ["lfw_subset.npy"])["lfw_subset.npy"]
     faces = np.asarray(lfw_subset()[:LFW_NUM_FACES], dtype=np.float32)  # (100, 25, 25) in [0, 1]
     order = np.random.default_rng(seed).permutation(LFW_NUM_FACES)
     idx = np.sort(order[:n_test] if split == "test" else order[n_test:])
@@ -159,7 +161,8 @@ def load_lfw_faces(split: str, *, image_size: int = 16, test_fraction: float = 0
     )
     source = (
         f"embedded CelebA stand-in: the {LFW_NUM_FACES} faces (images 0-99; images 100-199 are non-faces, "
-        f"dropped) of skimage.data.lfw_subset(), grayscale 25x25 floats in [0,1] bundled with scikit-image; "
+        f"dropped) of skimage.data.lfw_subset(), grayscale 25x25 floats in [0,1] bundled with scikit-image "
+        f"(lfw_subset.npy sha256 {digest} as pinned); "
         f"{resize}, quantised to uint8 as round(255*x), 1 channel; split = numpy default_rng({seed}).permutation"
         f"({LFW_NUM_FACES}), first {n_test} test / remaining {LFW_NUM_FACES - n_test} train, disjoint; "
         f"this is the {split} part ({len(idx)} images, original index order)"

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from ._common import DatasetNotFoundError, resolve_root
+from .pinned import verified_sources
 
 __all__ = [
     "CoordinateImage", "CoordinateVideo", "NATURAL_SOURCES", "TEXT_CROPS", "PAPER_IMAGE_FILES", "PAPER_IMAGE_KEY",
@@ -152,9 +153,15 @@ def _resize(x: np.ndarray, size: int) -> tuple[np.ndarray, str]:
                                     f"resize(order=3, anti_aliasing=True), clipped to [0,1]")
 
 
+#: The file behind each ``skimage.data.<name>()`` the stand-ins read (hashes pinned in :mod:`deqbench.data.pinned`).
+SKIMAGE_FILES = {"camera": "camera.png", "astronaut": "astronaut.png", "coffee": "coffee.png",
+                 "chelsea": "chelsea.png", "rocket": "rocket.jpg", "text": "text.png", "page": "page.png"}
+
+
 def _skimage_uint8(name: str) -> np.ndarray:
     import skimage.data
 
+    verified_sources(f"implicit2 embedded image {name}", [SKIMAGE_FILES[name]])
     array = np.asarray(getattr(skimage.data, name)())
     if array.dtype != np.uint8:
         raise ValueError(f"skimage.data.{name}() is {array.dtype}, expected uint8")

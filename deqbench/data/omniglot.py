@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from ._common import DatasetNotFoundError, resolve_root
+from .pinned import verified_sources
 
 __all__ = [
     "OMNIGLOT_DIR", "OMNIGLOT_SUBDIRS", "OMNIGLOT_CHARACTERS", "OMNIGLOT_META_TRAIN", "IMAGE_SIZE", "ROTATIONS",
@@ -296,12 +297,14 @@ def load_digits_meta(
     train, test = tuple(int(d) for d in train_digits), tuple(int(d) for d in test_digits)
     if set(train) & set(test) or not set(train) | set(test) <= set(range(10)) or not train or not test:
         raise ValueError(f"train and test digits must be disjoint non-empty subsets of 0..9, got {train}, {test}")
+    digest = verified_sources("digits-meta", ["digits.csv.gz"])["digits.csv.gz"]
     digits = load_digits()
     raw = torch.from_numpy(np.asarray(digits.images, dtype=np.float32) / 16.0).unsqueeze(1)
     x = F.interpolate(raw, size=(image_size, image_size), mode="bilinear", align_corners=False)
     x = (1.0 - x.clamp(0.0, 1.0)).squeeze(1).contiguous()
     targets = np.asarray(digits.target, dtype=np.int64)
-    how = (f"embedded Omniglot stand-in (spec B.10): scikit-learn load_digits() ({len(targets)} 8x8 digits), /16, "
+    how = (f"embedded Omniglot stand-in (spec B.10): scikit-learn load_digits() ({len(targets)} 8x8 digits, "
+           f"digits.csv.gz sha256 {digest} as pinned), /16, "
            f"bilinear 8->{image_size} px, inverted (background 1); classes (digit, rotation in {list(ROTATIONS)}), "
            f"meta-train digits {list(train)}, meta-test digits {list(test)}; accuracy not comparable to Table 6")
 

@@ -63,7 +63,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._common import DatasetNotFoundError, LabeledImages
+from ._common import DatasetFormatError, DatasetNotFoundError, LabeledImages
 
 __all__ = [
     "load_mnist",
@@ -128,16 +128,16 @@ def read_idx(path: str | Path) -> np.ndarray:
     with opener(path, "rb") as f:
         raw = f.read()
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path}: not an IDX file (bad magic {raw[:4].hex()})")
+        raise DatasetFormatError(f"{path}: not an IDX file (bad magic {raw[:4].hex()})")
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
     ndim = raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise ValueError(f"{path}: truncated IDX header")
+        raise DatasetFormatError(f"{path}: truncated IDX header")
     shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(raw) - header != expected:
-        raise ValueError(
+        raise DatasetFormatError(
             f"{path}: IDX header says shape {shape} ({expected} payload bytes) but the file has "
             f"{len(raw) - header}"
         )
@@ -177,13 +177,13 @@ def load_mnist(split: str, root: Path) -> LabeledImages:
     images = read_idx(image_path)
     labels = read_idx(label_path)
     if images.ndim != 3 or images.dtype != np.uint8:
-        raise ValueError(f"{image_path}: expected a 3-d uint8 IDX array (magic 2051), got {images.dtype} {images.shape}")
+        raise DatasetFormatError(f"{image_path}: expected a 3-d uint8 IDX array (magic 2051), got {images.dtype} {images.shape}")
     if labels.ndim != 1 or labels.dtype != np.uint8:
-        raise ValueError(f"{label_path}: expected a 1-d uint8 IDX array (magic 2049), got {labels.dtype} {labels.shape}")
+        raise DatasetFormatError(f"{label_path}: expected a 1-d uint8 IDX array (magic 2049), got {labels.dtype} {labels.shape}")
     if images.shape[0] != labels.shape[0]:
-        raise ValueError(f"{image_path} has {images.shape[0]} images but {label_path} has {labels.shape[0]} labels")
+        raise DatasetFormatError(f"{image_path} has {images.shape[0]} images but {label_path} has {labels.shape[0]} labels")
     if labels.size and labels.max() > 9:
-        raise ValueError(f"{label_path}: label {labels.max()} outside 0..9")
+        raise DatasetFormatError(f"{label_path}: label {labels.max()} outside 0..9")
     x = torch.from_numpy(images.astype(np.float32)).div_(255.0).unsqueeze(1)
     y = torch.from_numpy(labels.astype(np.int64))
     return LabeledImages(
@@ -225,7 +225,7 @@ def _read_cifar_pickle(path: Path) -> dict:
     with open(path, "rb") as f:
         obj = _NumpyOnlyUnpickler(f, encoding="bytes").load()
     if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a pickled dict, got {type(obj).__name__}")
+        raise DatasetFormatError(f"{path}: expected a pickled dict, got {type(obj).__name__}")
     return obj
 
 
@@ -239,15 +239,15 @@ def _read_cifar_batch(path: Path, *, label_key: str, num_classes: int) -> tuple[
     batch = _read_cifar_pickle(path)
     data, labels = _get(batch, "data"), _get(batch, label_key)
     if data is None or labels is None:
-        raise ValueError(f"{path}: missing b'data' or b'{label_key}' (keys: {sorted(map(repr, batch))})")
+        raise DatasetFormatError(f"{path}: missing b'data' or b'{label_key}' (keys: {sorted(map(repr, batch))})")
     data = np.asarray(data)
     labels = np.asarray(labels, dtype=np.int64)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise ValueError(f"{path}: b'data' must be uint8 (N, 3072), got {data.dtype} {data.shape}")
+        raise DatasetFormatError(f"{path}: b'data' must be uint8 (N, 3072), got {data.dtype} {data.shape}")
     if labels.shape != (data.shape[0],):
-        raise ValueError(f"{path}: {data.shape[0]} images but {label_key} of shape {labels.shape}")
+        raise DatasetFormatError(f"{path}: {data.shape[0]} images but {label_key} of shape {labels.shape}")
     if labels.size and (labels.min() < 0 or labels.max() > num_classes - 1):
-        raise ValueError(f"{path}: {label_key} outside 0..{num_classes - 1}")
+        raise DatasetFormatError(f"{path}: {label_key} outside 0..{num_classes - 1}")
     return data, labels
 
 
@@ -290,7 +290,7 @@ def _cifar100_class_names(meta: Path) -> tuple[str, ...] | None:
         return None
     names = _get(_read_cifar_pickle(meta), "fine_label_names")
     if not isinstance(names, (list, tuple)) or len(names) != 100:
-        raise ValueError(f"{meta}: expected 100 b'fine_label_names', got {type(names).__name__}")
+        raise DatasetFormatError(f"{meta}: expected 100 b'fine_label_names', got {type(names).__name__}")
     return tuple(n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names)
 
 
@@ -400,7 +400,7 @@ def load_imagenette(split: str, root: Path, *, image_size: int = 256) -> Labeled
     extra = sorted(e.name for e in os.scandir(folder) if e.is_dir() and e.name not in IMAGENETTE_CLASSES)
     if extra:
         # a foreign class folder would shift the ImageFolder label of every later class
-        raise ValueError(
+        raise DatasetFormatError(
             f"{folder}: unexpected class folders {extra}; ImageNette has exactly {list(IMAGENETTE_CLASSES)}"
         )
     files: list[Path] = []
@@ -408,7 +408,7 @@ def load_imagenette(split: str, root: Path, *, image_size: int = 256) -> Labeled
     for label, class_dir in enumerate(expected):  # IMAGENETTE_CLASSES is in sorted wnid order
         found = _image_files(class_dir)
         if not found:
-            raise ValueError(f"{class_dir}: no {'/'.join(IMAGE_EXTENSIONS)} images")
+            raise DatasetFormatError(f"{class_dir}: no {'/'.join(IMAGE_EXTENSIONS)} images")
         files.extend(found)
         labels.extend([label] * len(found))
     x = _read_resized(files, size)
@@ -449,7 +449,7 @@ def _imagenet_classes(folder: Path) -> list[str]:
         problems.append(f"{len(bad)} folder name(s) are not wnids like 'n01440764' ('n' + 8 digits): {shown}")
     if problems:
         # a missing or foreign class folder would shift the ImageFolder label of every later class
-        raise ValueError(
+        raise DatasetFormatError(
             f"{folder}: not an ILSVRC-2012 ImageFolder split: {'; '.join(problems)}. Expected one folder per "
             f"class wnid holding that class's .JPEG images (val/ must be sorted into wnid folders first)"
         )
@@ -502,7 +502,7 @@ def load_imagenet(
     for label, wnid in enumerate(classes):
         found = _image_files(folder / wnid)
         if not found:
-            raise ValueError(f"{folder / wnid}: no {'/'.join(IMAGE_EXTENSIONS)} images")
+            raise DatasetFormatError(f"{folder / wnid}: no {'/'.join(IMAGE_EXTENSIONS)} images")
         if per_class is not None:
             found = found[:per_class]
         files.extend(found)

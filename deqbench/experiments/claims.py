@@ -88,8 +88,11 @@ class Tables:
                     raise NotMeasured(f"{self.needs[table]}: {path} is built only on request, from the real "
                                       f"{self.needs[table]} files (no embedded stand-in)")
                 raise NotMeasured(f"{path} not built")
-            with path.open() as fh:
-                self._rows[table] = list(csv.DictReader(fh))
+            try:
+                with path.open(encoding="utf-8") as fh:
+                    self._rows[table] = list(csv.DictReader(fh))
+            except (UnicodeDecodeError, csv.Error) as err:
+                raise ConfigError(f"{path}: not a readable CSV table ({err}); delete it and rebuild it") from None
         return self._rows[table]
 
     def provenance(self, table: str) -> dict[str, Any]:

@@ -19,22 +19,27 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import yaml
 
-from deqbench.data import DatasetNotFoundError
+from deqbench.data import DatasetFormatError, DatasetNotFoundError
+from deqbench.data.pinned import SourceChangedError
 from deqbench.experiments import claims as claims_module
 from deqbench.experiments.config import (
     ConfigError, ProfileInfo, load_params, load_resolved, params_schema, resolve_profile,
 )
-from deqbench.experiments.io import UnsafeArtifactError
+from deqbench.experiments.io import CorruptArtifactError, UnsafeArtifactError
 from deqbench.experiments.registry import Job, Task, get_task, task_params, tasks
 from deqbench.experiments.runtime import DivergenceError, limit_threads, resolve_device
 from deqbench.experiments.settings import settings_hash
 from deqbench.experiments.tables import write_table
 
-USER_ERRORS = (ConfigError, DatasetNotFoundError, DivergenceError, UnsafeArtifactError, FileNotFoundError)
+USER_ERRORS = (ConfigError, DatasetNotFoundError, DatasetFormatError, DivergenceError, UnsafeArtifactError,
+               CorruptArtifactError, FileNotFoundError, SourceChangedError)
+# A path that cannot be written or read as asked (a file where a folder should be, no permission): one line naming it.
+PATH_ERRORS = (PermissionError, FileExistsError, NotADirectoryError, IsADirectoryError)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -100,6 +105,20 @@ def _list() -> None:
             print(f"  table {spec.name:8s} {spec.title}")
 
 
+def check_input_profiles(inputs: list[str], profile: str) -> None:
+    """Refuse to assemble a table from per-job results another profile produced (their provenance says which)."""
+    for path in inputs:
+        if not str(path).endswith(".json") or not Path(path).is_file():
+            continue
+        try:
+            recorded = json.loads(Path(path).read_text()).get("provenance", {}).get("profile")
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as err:
+            raise ConfigError(f"{path}: not a readable result file ({err})") from None
+        if recorded is not None and recorded != profile:
+            raise ConfigError(f"{path} was produced by profile {recorded!r}, but this table is built for profile "
+                              f"{profile!r}; rebuild the input with the same profile")
+
+
 def run_task(task: Task, args: argparse.Namespace) -> None:
     """Build the job's typed settings from the resolved profile and run the stage (or assemble the table)."""
     profile = _profile(args)
@@ -117,6 +136,7 @@ def run_task(task: Task, args: argparse.Namespace) -> None:
     info = ProfileInfo.of(profile)
     threads = limit_threads(args.threads)
     if args.stage == "table":
+        check_input_profiles(args.inputs, info.name)
         job = Job(task.name, "table", settings, args, info, resolve_device("cpu"), False, args.resolved)
         built = spec.build(settings, args.inputs)
         outputs = write_table(spec, built, args.out, job.provenance(seeds=built.provenance.get("seeds")))
@@ -142,5 +162,9 @@ def main(argv: list[str] | None = None) -> int:
             run_task(get_task(args.task), args)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
+        return 1
+    except PATH_ERRORS as err:
+        print(f"error: {err.filename}: {err.strerror or type(err).__name__} (cannot create or write the output "
+              f"there; is a file in the way of a folder?)", file=sys.stderr)
         return 1
     return 0

@@ -11,6 +11,8 @@ from typing import Any, Callable, IO
 
 import torch
 
+from deqbench.experiments import faults
+
 
 def _umask() -> int:
     current = os.umask(0)
@@ -27,6 +29,7 @@ def _atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; results should be readable like any other file
         with os.fdopen(fd, "wb") as fh:
             write(fh)
+            faults.during_write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
@@ -53,6 +56,10 @@ class UnsafeArtifactError(ValueError):
     """A file that ``torch.load(weights_only=True)`` refuses: it holds pickled objects, not plain data."""
 
 
+class CorruptArtifactError(ValueError):
+    """A checkpoint or prepared file that cannot be read back (truncated, overwritten, not a torch file)."""
+
+
 def load_artifact(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
     """Load a checkpoint, prepared dataset or any other artefact written by :func:`atomic_torch_save`.
 
@@ -68,6 +75,10 @@ def load_artifact(path: str | os.PathLike, map_location: str | torch.device = "c
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UnsafeArtifactError(f"{target}: refused to load, it is not plain tensors and containers "
                                   f"(torch.load weights_only=True: {first})") from None
+    except (RuntimeError, OSError, EOFError, ValueError) as err:  # truncated zip, bad magic, short read
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CorruptArtifactError(f"{target}: cannot be read, the file is corrupt or truncated ({first}); "
+                                   f"delete it and rerun the job that writes it") from None
 
 
 def save_figure(fig: Any, png: str | os.PathLike, title: str, width: int = 170, fontsize: int = 7) -> Path:

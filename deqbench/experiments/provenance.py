@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import importlib.metadata
 import platform
 import subprocess
@@ -45,6 +46,28 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
+def lock_file_digest(path: Path | None = None) -> dict[str, Any]:
+    """SHA-256 of the ``requirements.lock`` the environment was installed from (the checkout's, for an editable
+    install), and whether every locked distribution is installed at its locked version."""
+    path = path or Path(__file__).resolve().parents[2] / "requirements.lock"
+    if not path.is_file():
+        return {"path": str(path), "sha256": None, "matches_installed": None}
+    text = path.read_text()
+    mismatched = []
+    for line in text.splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==", 1)
+            version = version.split()[0]
+            try:
+                installed = importlib.metadata.version(name)
+            except importlib.metadata.PackageNotFoundError:
+                installed = None
+            if installed != version:
+                mismatched.append(f"{name} {installed} (locked {version})")
+    return {"path": path.name, "sha256": hashlib.sha256(text.encode()).hexdigest(),
+            "matches_installed": not mismatched, "mismatched": mismatched[:20]}
+
+
 def device_description(device: torch.device | str) -> dict[str, Any]:
     device = torch.device(device)
     info: dict[str, Any] = {"type": device.type, "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
@@ -63,7 +86,7 @@ def device_description(device: torch.device | str) -> dict[str, Any]:
 def provenance(settings: Any, device: torch.device | str, seeds: list[int] | None = None,
                profile: str | None = None, **extra: Any) -> dict[str, Any]:
     """Everything needed to say what produced a result: the job's typed settings and their hash, the profile,
-    seeds, code revision, package versions, device and command line."""
+    seeds, code revision, package versions, the lock file's hash, device and command line."""
     return {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "git": _code_revision(),
@@ -74,6 +97,7 @@ def provenance(settings: Any, device: torch.device | str, seeds: list[int] | Non
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "packages": package_versions(),
+        "lock": lock_file_digest(),
         "device": device_description(device),
         "command": sys.argv,
         **extra,

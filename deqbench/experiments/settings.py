@@ -89,6 +89,11 @@ def _strip(tp: Any) -> tuple[Any, dict[str, Any]]:
 # ----------------------------------------------------------------------------- JSON schema
 
 
+#: Names a profile may give things (models, problems, datasets, ... keys of a mapping): they become Snakemake
+#: wildcards, file names and command-line arguments, so nothing a shell would interpret is allowed.
+SAFE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$"
+
+
 def schema_of(tp: Any) -> dict[str, Any]:
     """JSON schema (draft 2020-12) of a settings type; every dataclass field without a default is required."""
     tp, extra = _strip(tp)
@@ -119,7 +124,8 @@ def schema_of(tp: Any) -> dict[str, Any]:
             schema = {"type": "array", "prefixItems": [schema_of(a) for a in args], "items": False,
                       "minItems": len(args)}
     elif origin in (dict, collections.abc.Mapping):
-        schema = {"type": "object", "additionalProperties": schema_of(typing.get_args(tp)[1])}
+        schema = {"type": "object", "propertyNames": {"pattern": SAFE_NAME_PATTERN},
+                  "additionalProperties": schema_of(typing.get_args(tp)[1])}
     elif tp is bool:
         schema = {"type": "boolean"}
     elif tp is int:

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from deqbench.experiments import faults
 from deqbench.experiments.io import atomic_torch_save, load_artifact
 from deqbench.experiments.runtime import DivergenceError
 
@@ -172,6 +173,7 @@ def fit(
         out.loss.backward()
         optimizer.step()
         step += 1
+        faults.after_step(step)
         if step % loop.log_every == 0 or step == loop.steps:
             entry = {"step": step, "loss": float(out.loss.detach()), **{k: float(v) for k, v in out.logs.items()}}
             history.append(entry)
