@@ -334,7 +334,8 @@ def test_dvc_yaml_lists_every_declared_table():
 
 
 def test_dvc_repro_tracks_the_pipeline(smoke, tmp_path):
-    """`dvc repro` on a copy of the finished smoke run: its stages, metrics and plots are wired to the pipeline."""
+    """`dvc repro` on a copy of the finished smoke run: its stages, metrics and plots are wired to the pipeline, and
+    a second `dvc repro` runs nothing (R4)."""
     work = tmp_path / "repo"
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
                            capture_output=True, text=True, check=True).stdout.split()
@@ -356,6 +357,9 @@ def test_dvc_repro_tracks_the_pipeline(smoke, tmp_path):
     assert (work / "dvc.lock").exists()
     status = subprocess.run([str(BIN / "dvc"), "status"], cwd=work, capture_output=True, text=True, env=env)
     assert "up to date" in status.stdout.lower(), status.stdout + status.stderr
+    again = subprocess.run([str(BIN / "dvc"), "repro"], cwd=work, capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
+    assert "Running stage" not in again.stdout, again.stdout[-4000:]  # R4: a second repro does nothing
     metrics = subprocess.run([str(BIN / "dvc"), "metrics", "show", "--json"], cwd=work, capture_output=True,
                              text=True, env=env)
     assert metrics.returncode == 0 and "results/metrics/claims.json" in metrics.stdout, metrics.stderr[-2000:]
