@@ -49,7 +49,6 @@
 from __future__ import annotations
 
 import functools
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,7 +57,7 @@ import torch
 import torch.nn.functional as F
 
 from ._common import LabeledImages
-from .pinned import PINNED_SOURCES, verified_sources
+from .pinned import PINNED_SOURCES, source_path, verified_sources
 
 __all__ = [
     "load_digits28",
@@ -129,15 +128,8 @@ class PatchSource:
     api: str  # the public function that returns the same pixels
 
     def path(self) -> Path:
-        """The file inside the installed wheel, located without importing the package (importing sklearn
-        alone costs ~1 s)."""
-        top, *sub = self.package.split(".")
-        spec = importlib.util.find_spec(top)
-        if spec is None or not spec.submodule_search_locations:
-            raise ModuleNotFoundError(
-                f"the photo-patch datasets need the {top!r} package installed (for {self.filename})"
-            )
-        return Path(list(spec.submodule_search_locations)[0]).joinpath(*sub, self.filename)
+        """The file inside the installed wheel (its pinned location, :func:`deqbench.data.pinned.source_path`)."""
+        return source_path(self.filename)
 
 
 #: The ten photographs, in class-index order.

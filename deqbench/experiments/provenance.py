@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import importlib.metadata
 import platform
@@ -48,8 +49,12 @@ def package_versions() -> dict[str, str | None]:
 
 def lock_file_digest(path: Path | None = None) -> dict[str, Any]:
     """SHA-256 of the ``requirements.lock`` the environment was installed from (the checkout's, for an editable
-    install), and whether every locked distribution is installed at its locked version."""
-    path = path or Path(__file__).resolve().parents[2] / "requirements.lock"
+    install), and whether every locked distribution is installed at its locked version (computed once per file)."""
+    return dict(_lock_file_digest(path or Path(__file__).resolve().parents[2] / "requirements.lock"))
+
+
+@functools.lru_cache(maxsize=4)
+def _lock_file_digest(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {"path": str(path), "sha256": None, "matches_installed": None}
     text = path.read_text()
