@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from deqbench.data import DATASETS, DatasetNotFoundError, LabeledImages, load_dataset, stand_in_for
+from deqbench.data._common import DatasetFormatError
 
 
 # --------------------------------------------------------------------------- helpers
@@ -414,3 +415,44 @@ def test_sample_patch_sources_are_the_public_images(offline):
         expected = public[src.name]() if src.name in public else getattr(skimage.data, src.name)()
         assert src.path().is_file()
         assert np.array_equal(_read_rgb(src), expected), src.name
+
+
+# --------------------------------------------------------------------------- published checksums (issue 13)
+
+
+def test_published_checksums_apply_to_full_files_only(tmp_path, monkeypatch):
+    """A file with the published example count must have the published MD5 (a mismatch names the file and both
+    hashes); a smaller file (a subset, the tests' tiny files) is read and says that no published checksum applied."""
+    import hashlib
+
+    from deqbench.data import real
+
+    rng = np.random.default_rng(5)
+    _write_mnist(tmp_path, "test", rng.integers(0, 256, size=(3, 28, 28), dtype=np.uint8),
+                 rng.integers(0, 10, size=3, dtype=np.uint8), gz=True)
+    data = load_dataset("mnist", "test", root=tmp_path)
+    assert "3 examples, not the published file of 10000; no published checksum applies" in data.source
+    images = tmp_path / "MNIST/raw/t10k-images-idx3-ubyte.gz"
+    labels = tmp_path / "MNIST/raw/t10k-labels-idx1-ubyte.gz"
+    true_md5 = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in (images, labels)}
+    # pretend these 3-example files are the published ones: the right hashes pass ...
+    monkeypatch.setitem(real.PUBLISHED_MD5, images.name, (3, true_md5[images.name]))
+    monkeypatch.setitem(real.PUBLISHED_MD5, labels.name, (3, true_md5[labels.name]))
+    assert f"published MD5 {true_md5[images.name]} verified" in load_dataset("mnist", "test", root=tmp_path).source
+    # ... and one changed byte of the compressed file is caught, with both hashes and the path
+    monkeypatch.setitem(real.PUBLISHED_MD5, images.name, (3, "0" * 32))
+    with pytest.raises(DatasetFormatError, match=f"{images}: MD5 {true_md5[images.name]} differs from the published 0{{32}}"):
+        load_dataset("mnist", "test", root=tmp_path)
+
+
+def test_published_checksums_of_cifar_batches(tmp_path, monkeypatch):
+    from deqbench.data import real
+
+    _write_cifar(tmp_path, np.random.default_rng(6), per_batch=2)
+    assert "test_batch: 2 examples, not the published file of 10000" in load_dataset("cifar10", "test", root=tmp_path).source
+    monkeypatch.setitem(real.PUBLISHED_MD5, "cifar-10-batches-py/test_batch", (2, "f" * 32))
+    with pytest.raises(DatasetFormatError, match="test_batch: MD5 [0-9a-f]{32} differs from the published f{32}"):
+        load_dataset("cifar10", "test", root=tmp_path)
+    assert {name for name in real.PUBLISHED_MD5 if name.startswith("cifar-10-")} == {
+        f"cifar-10-batches-py/{n}" for n in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4",
+                                              "data_batch_5", "test_batch")}

@@ -54,6 +54,7 @@ normalisation, labels as int64.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import pickle
 import re
@@ -114,6 +115,50 @@ IMAGENET_URL = "https://image-net.org/challenges/LSVRC/2012/"
 IMAGENET_NUM_CLASSES = 1000
 _IMAGENET_DIRS = {"train": "train", "test": "val"}
 _WNID = re.compile(r"n[0-9]{8}")
+
+#: The MD5 checksums published for the distributed files (the MNIST mirrors' .gz files, the CIFAR python batches;
+#: the values torchvision's download lists check): file name -> (examples in the full file, MD5).  A file holding
+#: that many examples is taken to be the published file and must match; a smaller one (the tests' tiny files, a
+#: user's subset) is read as it is, and the note in the dataset's ``source`` says no published checksum applied.
+PUBLISHED_MD5: dict[str, tuple[int, str]] = {
+    "train-images-idx3-ubyte.gz": (60000, "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
+    "train-labels-idx1-ubyte.gz": (60000, "d53e105ee54ea40749a09fcbcd1e9432"),
+    "t10k-images-idx3-ubyte.gz": (10000, "9fb629c4189551a2d022fa330f9573f3"),
+    "t10k-labels-idx1-ubyte.gz": (10000, "ec29112dd5afa0611ce80d1b7f02629c"),
+    "cifar-10-batches-py/data_batch_1": (10000, "c99cafc152244af753f735de768cd75f"),
+    "cifar-10-batches-py/data_batch_2": (10000, "d4bba439e000b95fd0a9bffe97cbabec"),
+    "cifar-10-batches-py/data_batch_3": (10000, "54ebc095f3ab1f0389bbae665268c751"),
+    "cifar-10-batches-py/data_batch_4": (10000, "634d18415352ddfa80567beed471001a"),
+    "cifar-10-batches-py/data_batch_5": (10000, "482c414d41f54cd18b22e5b47cb7c3cb"),
+    "cifar-10-batches-py/test_batch": (10000, "40351d587109b95175f43aff81a1287e"),
+    "cifar-100-python/train": (50000, "16019d7e3df5f24257cddd939b257f8d"),
+    "cifar-100-python/test": (10000, "f0ef6b0ae62326f3e7ffdfab6717acfc"),
+}
+
+
+def _published_key(path: Path) -> str:
+    return path.name if path.name.endswith(".gz") else f"{path.parent.name}/{path.name}"
+
+
+def verify_published(path: Path, examples: int) -> str:
+    """Check a dataset file against its published MD5 (:data:`PUBLISHED_MD5`) when it holds the published number of
+    examples; raise :class:`DatasetFormatError` naming the file and both hashes on a mismatch.  Returns a short note
+    for the dataset's ``source``: verified, or why no published checksum applied."""
+    key = _published_key(path)
+    if key not in PUBLISHED_MD5:
+        return f"{path.name}: no published checksum for this form of the file"
+    full, expected = PUBLISHED_MD5[key]
+    if examples != full:
+        return f"{path.name}: {examples} examples, not the published file of {full}; no published checksum applies"
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    if digest.hexdigest() != expected:
+        raise DatasetFormatError(f"{path}: MD5 {digest.hexdigest()} differs from the published {expected} of "
+                                 f"{key}; the file is damaged or not the published one (delete it and copy it again)")
+    return f"{path.name}: published MD5 {expected} verified"
+
 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -184,6 +229,7 @@ def load_mnist(split: str, root: Path) -> LabeledImages:
         raise DatasetFormatError(f"{image_path} has {images.shape[0]} images but {label_path} has {labels.shape[0]} labels")
     if labels.size and labels.max() > 9:
         raise DatasetFormatError(f"{label_path}: label {labels.max()} outside 0..9")
+    checks = "; ".join(verify_published(p, images.shape[0]) for p in (image_path, label_path))
     x = torch.from_numpy(images.astype(np.float32)).div_(255.0).unsqueeze(1)
     y = torch.from_numpy(labels.astype(np.int64))
     return LabeledImages(
@@ -191,7 +237,7 @@ def load_mnist(split: str, root: Path) -> LabeledImages:
         labels=y,
         num_classes=10,
         name="mnist",
-        source=f"MNIST {split} split, raw IDX files {image_path} and {label_path}; pixels uint8/255",
+        source=f"MNIST {split} split, raw IDX files {image_path} and {label_path}; pixels uint8/255; {checks}",
         stand_in_for=None,
         split=split,
         class_names=MNIST_CLASSES,
@@ -266,6 +312,7 @@ def load_cifar10(split: str, root: Path) -> LabeledImages:
             missing=tuple(missing),
         )
     parts = [_read_cifar_batch(p, label_key="labels", num_classes=10) for p in paths]
+    checks = "; ".join(verify_published(p, len(y)) for p, (_, y) in zip(paths, parts))
     data = np.concatenate([d for d, _ in parts])
     labels = np.concatenate([y for _, y in parts])
     x = torch.from_numpy(data.reshape(-1, 3, 32, 32).astype(np.float32)).div_(255.0)
@@ -274,7 +321,7 @@ def load_cifar10(split: str, root: Path) -> LabeledImages:
         labels=torch.from_numpy(labels),
         num_classes=10,
         name="cifar10",
-        source=f"CIFAR-10 {split} split, python pickle batches {', '.join(map(str, paths))}; pixels uint8/255",
+        source=f"CIFAR-10 {split} split, python pickle batches {', '.join(map(str, paths))}; pixels uint8/255; {checks}",
         stand_in_for=None,
         split=split,
         class_names=CIFAR10_CLASSES,
@@ -309,6 +356,7 @@ def load_cifar100(split: str, root: Path) -> LabeledImages:
             missing=(str(path),),
         )
     data, labels = _read_cifar_batch(path, label_key="fine_labels", num_classes=100)
+    checks = verify_published(path, len(labels))
     meta = folder / "meta"
     class_names = _cifar100_class_names(meta)
     x = torch.from_numpy(data.reshape(-1, 3, 32, 32).astype(np.float32)).div_(255.0)
@@ -319,7 +367,7 @@ def load_cifar100(split: str, root: Path) -> LabeledImages:
         num_classes=100,
         name="cifar100",
         source=f"CIFAR-100 {split} split, python pickle {path}, b'fine_labels' (100 classes), {names_from}; "
-        f"pixels uint8/255",
+        f"pixels uint8/255; {checks}",
         stand_in_for=None,
         split=split,
         class_names=class_names,

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from deqbench.core.graphs import GraphMode, StepRunner, graph_mode
 from deqbench.core.state import State, flat_map, spec_of
+from deqbench.core.watch import active_watch, first_nonfinite_iteration
 
 StopMode = Literal["rel", "abs"]
 RESIDUAL_EPS = 1e-9
@@ -30,6 +31,7 @@ class SolverResult:
     nfe: int  # number of f evaluations
     trace: Tensor  # (B, max_iter) residual at every iteration; NaN where not run
     best_iteration: Tensor  # (B,) iteration index of the returned iterate
+    nonfinite_iteration: Tensor | None = None  # (B,) first iteration where f gave non-finite values; -1: none
     method: str = ""
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -152,6 +154,9 @@ def solve(
     solver = make_solver(method, **method_options)
     spec = spec_of(z0)
     fn = flat_map(f, spec)
+    watch = active_watch()
+    if watch is not None:
+        fn = watch.poison(fn)
     with torch.no_grad():
         x = spec.flatten(z0).detach().clone()  # the current iterate, updated in place
         fx = torch.empty_like(x)
@@ -183,6 +188,9 @@ def solve(
             if tol > 0 and (k + 1) % check_every == 0:
                 if bool((tracker.best_residual <= tol).all()):  # the only host sync, every check_every steps
                     break
+        nonfinite = first_nonfinite_iteration(tracker.trace, nfe)
+    if watch is not None:
+        watch.observe(nonfinite)
     return SolverResult(
         z=spec.unflatten(tracker.best_x),
         residual=tracker.best_residual,
@@ -190,5 +198,6 @@ def solve(
         nfe=nfe,
         trace=tracker.trace,
         best_iteration=tracker.best_iteration,
+        nonfinite_iteration=nonfinite,
         method=getattr(solver, "name", str(method)),
     )
