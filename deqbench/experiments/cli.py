@@ -12,6 +12,11 @@ Settings come from ``--resolved`` (the resolved profile Snakemake wrote, so a jo
 built from) or from ``--params``/``--profile``.  ``--expect-hash`` makes a job refuse to run when its settings
 differ from what the caller hashed.  ``--threads`` caps torch/BLAS threads (Snakemake passes the rule's
 ``threads``).  Errors print one line naming the key or path and exit with status 1; nothing is written.
+
+With ``distributed.processes: N > 1`` in the profile, a stage declared ``distributed`` (a training stage whose
+batches are sharded over processes) re-runs this same command under ``torchrun --standalone --nproc_per_node N``
+and waits for it; the N ranks see torchrun's environment and train together instead of launching again
+(:mod:`deqbench.experiments.distributed`).  ``--threads`` is then the whole job's budget, split over the ranks.
 """
 
 from __future__ import annotations
@@ -27,17 +32,18 @@ import yaml
 from deqbench.data import DatasetFormatError, DatasetNotFoundError
 from deqbench.data.pinned import SourceChangedError
 from deqbench.experiments import claims as claims_module
+from deqbench.experiments import distributed
 from deqbench.experiments.config import (
     ConfigError, ProfileInfo, load_params, load_resolved, params_schema, resolve_profile,
 )
 from deqbench.experiments.io import CorruptArtifactError, UnsafeArtifactError
-from deqbench.experiments.registry import Job, Task, get_task, task_params, tasks
+from deqbench.experiments.registry import Job, Stage, Task, get_task, task_params, tasks
 from deqbench.experiments.runtime import DivergenceError, limit_threads, resolve_device
 from deqbench.experiments.settings import settings_hash
 from deqbench.experiments.tables import write_table
 
 USER_ERRORS = (ConfigError, DatasetNotFoundError, DatasetFormatError, DivergenceError, UnsafeArtifactError,
-               CorruptArtifactError, FileNotFoundError, SourceChangedError)
+               CorruptArtifactError, FileNotFoundError, SourceChangedError, distributed.DistributedRunError)
 # A path that cannot be written or read as asked (a file where a folder should be, no permission): one line naming it.
 PATH_ERRORS = (PermissionError, FileExistsError, NotADirectoryError, IsADirectoryError)
 
@@ -119,8 +125,28 @@ def check_input_profiles(inputs: list[str], profile: str) -> None:
                               f"{profile!r}; rebuild the input with the same profile")
 
 
+def _distributed_stages() -> tuple[str, ...]:
+    """``TASK STAGE`` of every stage that trains data-parallel over several processes."""
+    return tuple(f"{t.name} {s.name}" for t in tasks().values() for s in t.stages if s.distributed)
+
+
+def _launch(task: Task, stage: Stage, args: argparse.Namespace, processes: int, where: str) -> None:
+    """Run this same command as ``processes`` ranks under torchrun; a failed rank fails the job."""
+    argv = args.argv if args.argv is not None else sys.argv[1:]
+    per_rank = max(1, args.threads // processes) if args.threads else None
+    print(f"{task.name} {stage.name}: {processes} processes under torchrun ({where})", file=sys.stderr)
+    status = distributed.launch(argv, processes, per_rank)
+    if status != 0:
+        raise distributed.DistributedRunError(f"{task.name} {stage.name}: distributed training failed (torchrun exit "
+                                              f"status {status}); the failing rank's message is above")
+
+
 def run_task(task: Task, args: argparse.Namespace) -> None:
-    """Build the job's typed settings from the resolved profile and run the stage (or assemble the table)."""
+    """Build the job's typed settings from the resolved profile and run the stage (or assemble the table).
+
+    A ``distributed`` stage with ``distributed.processes`` > 1 runs under torchrun (:func:`_launch`); inside it,
+    this function joins the process group and runs the stage as one rank.
+    """
     profile = _profile(args)
     task_settings = task.settings(profile)
     if args.stage == "table":
@@ -134,23 +160,45 @@ def run_task(task: Task, args: argparse.Namespace) -> None:
         raise ConfigError(f"{task.name} {args.stage}: settings hash {actual} differs from the expected "
                           f"{args.expect_hash} (the job would not compute what the pipeline asked for)")
     info = ProfileInfo.of(profile)
-    threads = limit_threads(args.threads)
     if args.stage == "table":
+        limit_threads(args.threads)
         check_input_profiles(args.inputs, info.name)
         job = Job(task.name, "table", settings, args, info, resolve_device("cpu"), False, args.resolved)
         built = spec.build(settings, args.inputs)
         outputs = write_table(spec, built, args.out, job.provenance(seeds=built.provenance.get("seeds")))
         print(f"wrote {', '.join(str(p) for p in outputs.values())}")
         return
-    job = Job(task.name, stage.name, settings, args, info, resolve_device(info.device), not args.no_progress,
-              args.resolved)
-    print(f"{task.name} {stage.name}: profile {info.name}, settings {actual}, device {job.device}, "
-          f"{threads} threads", file=sys.stderr)
-    stage.run(job)
+    processes, where = info.distributed.processes, f"profiles.{info.name}.distributed.processes"
+    ranks = distributed.launched_world_size()
+    if ranks > 1:
+        if not stage.distributed:
+            raise ConfigError(f"{task.name} {stage.name} runs in one process, but was started as {ranks} ranks "
+                              f"(WORLD_SIZE); run it without torchrun")
+        if ranks != processes:
+            raise ConfigError(f"{where} is {processes}, but this job was started as {ranks} ranks (WORLD_SIZE); "
+                              f"set it to {ranks} or start {processes} ranks")
+    elif processes > 1 and stage.distributed:
+        _launch(task, stage, args, processes, where)
+        return
+    threads = limit_threads(max(1, args.threads // ranks) if args.threads else None)
+    device = resolve_device(info.device)
+    if ranks > 1:
+        device = distributed.init(info.distributed.backend, device)
+    try:
+        job = Job(task.name, stage.name, settings, args, info, device,
+                  not args.no_progress and distributed.is_main(), args.resolved)
+        rank = f", rank {distributed.rank()} of {ranks}" if ranks > 1 else ""
+        print(f"{task.name} {stage.name}: profile {info.name}, settings {actual}, device {job.device}, "
+              f"{threads} threads{rank}", file=sys.stderr)
+        with distributed.requested(processes, where, _distributed_stages()):
+            stage.run(job)
+    finally:
+        distributed.shutdown()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.argv = argv  # a distributed job re-runs exactly this command line under torchrun
     try:
         if args.task == "list":
             _list()

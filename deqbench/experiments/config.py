@@ -26,16 +26,26 @@ import yaml
 
 from deqbench.experiments.io import atomic_write_text
 from deqbench.experiments.settings import (
-    ConfigError, NonNegativeInt, constraint, from_mapping, schema_of,
+    ConfigError, NonNegativeInt, PositiveInt, constraint, from_mapping, schema_of, to_plain,
 )
 
-__all__ = ["CommonParams", "ConfigError", "ProfileInfo", "load_profile", "load_resolved", "params_schema",
-           "resolve_profile", "retype_override_strings", "write_resolved"]
+__all__ = ["CommonParams", "ConfigError", "DistributedParams", "ProfileInfo", "load_profile", "load_resolved",
+           "params_schema", "resolve_profile", "retype_override_strings", "write_resolved"]
+
+
+@dataclass(frozen=True)
+class DistributedParams:
+    """Data-parallel training (``deqbench.experiments.distributed``): a training stage that supports it runs as
+    ``processes`` processes under torchrun, each on its share of every batch (``train.batch_size`` stays the batch
+    of one optimiser step, over all processes); 1 trains in the job's own process, as without the key."""
+
+    processes: PositiveInt = 1
+    backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl on CUDA, gloo on the CPU
 
 
 @dataclass(frozen=True)
 class CommonParams:
-    """The keys every profile has besides the task blocks."""
+    """The keys every profile has besides the task blocks (``distributed`` may be left out: one process)."""
 
     description: str
     scale: Literal["paper", "reduced"]  # paper: the papers' model sizes and training lengths; reduced: scaled down
@@ -43,6 +53,7 @@ class CommonParams:
     cuda_graph: Literal["auto", "full", "off"]  # CUDA-graph replay of solver iterations (deqbench.core.graphs)
     seeds: Annotated[tuple[NonNegativeInt, ...], constraint(minItems=1, uniqueItems=True)]
     data_root: str
+    distributed: DistributedParams = DistributedParams()
 
 
 @dataclass(frozen=True)
@@ -53,7 +64,7 @@ class ProfileInfo(CommonParams):
 
     @classmethod
     def of(cls, profile: Mapping[str, Any]) -> ProfileInfo:
-        common = {k: profile[k] for k in CommonParams.__dataclass_fields__}
+        common = {k: profile[k] for k in CommonParams.__dataclass_fields__ if k in profile}
         return from_mapping(cls, {**common, "name": profile["name"]}, f"profiles.{profile['name']}")
 
 
@@ -136,6 +147,9 @@ def resolve_profile(params: Mapping[str, Any], name: str | None = None,
     for member in reversed(chain):
         resolved = deep_merge(resolved, {k: v for k, v in profiles[member].items() if k != "inherits"})
     _validate(resolved, schema["properties"]["profiles"]["additionalProperties"], f"profiles.{name}")
+    # Defaults spelt out, so every reader of the resolved profile (the Snakefile included) finds the key.
+    resolved["distributed"] = to_plain(from_mapping(DistributedParams, resolved.get("distributed", {}),
+                                                    f"profiles.{name}.distributed"))
     resolved["name"] = name
     return resolved
 

@@ -66,13 +66,19 @@ class Job:
 
 @dataclass(frozen=True)
 class Stage:
-    """One step of a task's pipeline: ``run(job)`` with ``settings(task_settings, args)`` as ``job.settings``."""
+    """One step of a task's pipeline: ``run(job)`` with ``settings(task_settings, args)`` as ``job.settings``.
+
+    ``distributed``: the stage trains through the shared trainer on batches sharded over the ranks
+    (``EpochBatches(rank=, world=)``), so with ``distributed.processes`` > 1 it runs under torchrun; a stage
+    without it that reaches the trainer with more processes asked for is refused (a ConfigError naming the key).
+    """
 
     name: str
     help: str
     settings: Callable[[Any, argparse.Namespace], Any]
     run: Callable[[Job], None]
     args: tuple[Arg, ...] = ()
+    distributed: bool = False
 
 
 @dataclass(frozen=True)

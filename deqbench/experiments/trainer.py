@@ -6,7 +6,19 @@ stop (NaN/inf loss or equilibrium residual: an error and no output), a progress 
 resumable partial checkpoints (model, optimiser, step, history and RNG states, written atomically outside the
 declared outputs) and the final checkpoint, written atomically, after which the partial one is removed.
 
-There is one host read per step (the health check) plus one per logged step; none inside a solver loop.
+There is one host read per step (the health check) plus one per logged step; none inside a solver loop.  The health
+check also covers every fixed-point solve of the step (:mod:`deqbench.core.watch`): one that met a non-finite value of
+f stops the run, naming the step, the solve and the iteration, although the solve itself returned a finite iterate.
+
+Data-parallel training (a profile's ``distributed.processes`` > 1; :mod:`deqbench.experiments.distributed`) runs
+the same loop in every rank: each rank's ``step_fn`` computes the loss on its share of the batch
+(:class:`EpochBatches` with ``rank`` / ``world``), the gradients are averaged over the ranks after ``backward``,
+the divergence check and the logged scalars are agreed on by all ranks, and rank 0 alone writes the partial and
+final checkpoints while the others wait.  Gradients are averaged explicitly rather than by wrapping the model in
+``DistributedDataParallel``: DDP synchronises only gradients produced through its wrapper's ``forward``, while the
+tasks' steps call model parts directly (``model.inject``, ``model.layer``, ``model.logits``) inside fixed-point
+solvers and JIIO with custom backward passes; one all-reduce of every gradient after ``backward`` is what DDP's
+buckets compute, whatever produced the gradient.
 """
 
 from __future__ import annotations
@@ -22,9 +34,11 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from deqbench.experiments import faults
+from deqbench.core.watch import watch_solves
+from deqbench.experiments import distributed, faults
 from deqbench.experiments.io import atomic_torch_save, load_artifact
 from deqbench.experiments.runtime import DivergenceError
+from deqbench.experiments.settings import ConfigError
 
 
 @dataclass(frozen=True)
@@ -73,11 +87,20 @@ class Batch:
 
 class EpochBatches:
     """Deterministic minibatches: epoch ``e`` visits a permutation of the ``n`` examples drawn from
-    ``seed * 1_000_003 + e``; a resumed run therefore sees exactly the batches an uninterrupted one would."""
+    ``seed * 1_000_003 + e``; a resumed run therefore sees exactly the batches an uninterrupted one would.
 
-    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+    ``batch_size`` is the batch of one optimiser step.  Split over ``world`` data-parallel ranks, rank ``rank``
+    gets the ``rank``-th of ``world`` equal contiguous parts of it, so the ranks' parts together are exactly the
+    one-process batch (and its ``uniform`` draws).
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> None:
         self.n, self.batch_size, self.seed = n, min(batch_size, n), seed
         self.steps_per_epoch = max(n // self.batch_size, 1)
+        if self.batch_size % world:
+            raise ConfigError(f"a batch of {self.batch_size} examples cannot be split evenly over "
+                              f"distributed.processes = {world}; use a batch size that is a multiple of it")
+        self.rank, self.share = rank, self.batch_size // world
         self._epoch: tuple[int, Tensor, Tensor] | None = None
 
     def __call__(self, step: int) -> Batch:
@@ -87,7 +110,8 @@ class EpochBatches:
             order = torch.randperm(self.n, generator=gen)
             self._epoch = (epoch, order, torch.rand(self.n, generator=gen))
         _, order, uniform = self._epoch
-        window = slice(offset * self.batch_size, (offset + 1) * self.batch_size)
+        start = offset * self.batch_size + self.rank * self.share
+        window = slice(start, start + self.share)
         return Batch(epoch, order[window], uniform[window])
 
     def epochs(self, steps: int) -> float:
@@ -113,11 +137,26 @@ def _rng_state(device: torch.device) -> dict[str, Any]:
     return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
 
+def _set_rng_state(rng: Mapping[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(rng["torch"].cpu())
+    if device.type == "cuda" and rng.get("cuda") is not None:
+        torch.cuda.set_rng_state(rng["cuda"].cpu(), device)
+
+
+def _separate_rank_streams() -> None:
+    """Give ranks 1.. their own random streams (rank 0 keeps the job's), so per-example draws inside a step
+    (Jacobian-regulariser probes, random iterates) differ between the ranks' shares of a batch."""
+    if distributed.rank() > 0:
+        torch.manual_seed((torch.initial_seed() * 1_000_003 + distributed.rank()) % 2**63)
+
+
 def load_partial(path: Path, key: str, settings_hash: str, model: nn.Module, optimizer: torch.optim.Optimizer,
                  device: torch.device) -> tuple[int, list[dict[str, Any]], float]:
     """Restore model, optimiser and RNG state from a partial checkpoint of the same run and settings.
 
     Returns ``(step, history, seconds trained so far)``; ``(0, [], 0.0)`` without a usable partial checkpoint.
+    Under data-parallel training every rank loads the file and takes its own RNG state from it (``rng_ranks``)
+    when it was written by as many ranks.
     """
     if not path.exists():
         return 0, [], 0.0
@@ -127,10 +166,16 @@ def load_partial(path: Path, key: str, settings_hash: str, model: nn.Module, opt
         return 0, [], 0.0
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["rng"]["torch"].cpu())
-    if device.type == "cuda" and state["rng"].get("cuda") is not None:
-        torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), device)
-    print(f"resuming {key} from step {state['step']} ({path})", file=sys.stderr)
+    _set_rng_state(state["rng"], device)
+    world = distributed.world_size()
+    if world > 1:
+        ranks = state.get("rng_ranks")
+        if ranks is not None and len(ranks) == world:
+            _set_rng_state(ranks[distributed.rank()], device)
+        else:
+            _separate_rank_streams()
+    if distributed.is_main():
+        print(f"resuming {key} from step {state['step']} ({path})", file=sys.stderr)
     return int(state["step"]), list(state["history"]), float(state.get("seconds", 0.0))
 
 
@@ -151,43 +196,82 @@ def fit(
 ) -> dict[str, Any]:
     """Train ``model`` for ``loop.steps`` optimiser steps, resuming from ``partial_path`` when it belongs to the same
     run (``key``) and settings (``settings_hash``); write the final checkpoint to ``out_path`` and return its summary.
+
+    Inside a process group of several ranks (module docstring) ``step_fn`` must return the loss of this rank's
+    share of the batch, as a mean over its examples; rank 0 writes the files and every rank returns the summary.
     """
+    distributed.refuse_unsharded(key)
+    world, main = distributed.world_size(), distributed.is_main()
     partial = Path(partial_path)
     step, history, earlier = load_partial(partial, key, settings_hash, model, optimizer, device)
+    if world > 1:
+        if len(set(distributed.gather(step))) > 1:
+            raise RuntimeError(f"{key}: the ranks found different partial checkpoints in {partial}")
+        distributed.broadcast_state(model)
+        if step == 0:  # not resumed: no per-rank RNG state was loaded
+            _separate_rank_streams()
     resumed_from = step
     model.train()
-    bar = tqdm(total=loop.steps, initial=step, desc=f"train {key}", disable=not progress, unit="step", file=sys.stderr)
+    bar = tqdm(total=loop.steps, initial=step, desc=f"train {key}", disable=not (progress and main), unit="step",
+               file=sys.stderr)
     start = time.perf_counter()
     while step < loop.steps:
         for group in optimizer.param_groups:
             group["lr"] = loop.lr_at(step)
         optimizer.zero_grad(set_to_none=True)
-        out = step_fn(step)
-        healthy = torch.isfinite(out.loss)
+        with watch_solves(nan_from=faults.nan_from(step + 1)) as watch:
+            out = step_fn(step)
+        solves = watch.verdict().to(out.loss.device)  # (first solve that met a non-finite f value, its iteration)
+        healthy = torch.isfinite(out.loss) & (solves[0] < 0)
         if out.health is not None:
             healthy = healthy & torch.isfinite(out.health).all()
-        if not bool(healthy):  # the one host read per step, outside every solver loop
+        if not bool(distributed.all_true(healthy)):  # the one host read per step, outside every solver loop
             worst = float(out.health.detach().abs().max()) if out.health is not None else float("nan")
-            raise DivergenceError(f"{key}: non-finite loss or equilibrium residual at step {step} "
+            where = "" if world == 1 else f" on rank {distributed.rank()}" if not bool(healthy) else " on another rank"
+            first_solve, iteration = solves.tolist()
+            if first_solve >= 0:
+                raise DivergenceError(
+                    f"{key}: f returned non-finite values at iteration {iteration + 1} of fixed-point solve "
+                    f"{first_solve + 1} in training step {step + 1}{where} (a solve keeps its best finite iterate, "
+                    f"which would hide this); no output is written")
+            raise DivergenceError(f"{key}: non-finite loss or equilibrium residual{where} at step {step} "
                                   f"(loss={float(out.loss.detach())}, max |health|={worst}); no output is written")
         out.loss.backward()
+        distributed.average_gradients(model.parameters())
         optimizer.step()
         step += 1
         faults.after_step(step)
         if step % loop.log_every == 0 or step == loop.steps:
-            entry = {"step": step, "loss": float(out.loss.detach()), **{k: float(v) for k, v in out.logs.items()}}
+            entry = {"step": step, **_logged(out, world)}
             history.append(entry)
             bar.set_postfix({k: f"{v:.3g}" for k, v in entry.items() if k != "step"})
         bar.update(1)
         if step % loop.checkpoint_every == 0 and step < loop.steps:
-            atomic_torch_save(partial, {"key": key, "settings_hash": settings_hash, "model": model.state_dict(),
-                                        "optimizer": optimizer.state_dict(), "step": step, "history": history,
-                                        "rng": _rng_state(device), "seconds": earlier + time.perf_counter() - start})
+            rng = _rng_state(device)
+            ranks = {"rng_ranks": distributed.gather(rng), "processes": world} if world > 1 else {}
+            if main:
+                atomic_torch_save(partial, {"key": key, "settings_hash": settings_hash, "model": model.state_dict(),
+                                            "optimizer": optimizer.state_dict(), "step": step, "history": history,
+                                            "rng": rng, **ranks, "seconds": earlier + time.perf_counter() - start})
     bar.close()
     result = {**summary, "key": key, "steps": step, "resumed_from_step": resumed_from,
-              "train_seconds": earlier + time.perf_counter() - start, "history": history}
-    atomic_torch_save(out_path, {"model": model.state_dict(), "summary": result, "settings_hash": settings_hash,
-                                 **checkpoint_meta})
-    if partial.exists():
-        partial.unlink()
+              "train_seconds": earlier + time.perf_counter() - start, "history": history,
+              **({"processes": world} if world > 1 else {})}
+    if main:
+        atomic_torch_save(out_path, {"model": model.state_dict(), "summary": result, "settings_hash": settings_hash,
+                                     **checkpoint_meta})
+        if partial.exists():
+            partial.unlink()
+    distributed.barrier()  # no rank leaves before rank 0 has written the final checkpoint
     return result
+
+
+def _logged(out: StepOutput, world: int) -> dict[str, float]:
+    """The loss and logged scalars of a step; over several ranks their means (the whole batch's, for equal
+    shares and per-example means)."""
+    if world == 1:
+        return {"loss": float(out.loss.detach()), **{k: float(v) for k, v in out.logs.items()}}
+    names = ["loss", *out.logs]
+    values = distributed.mean(torch.stack([out.loss.detach().float(), *(torch.as_tensor(v, device=out.loss.device)
+                                                                        .detach().float() for v in out.logs.values())]))
+    return dict(zip(names, values.tolist()))

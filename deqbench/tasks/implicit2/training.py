@@ -28,6 +28,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from deqbench.data.implicit2 import CoordinateImage, load_implicit2_images, to_model_range
+from deqbench.experiments import distributed
 from deqbench.experiments.runtime import DivergenceError, seed_everything, sync
 from deqbench.models.implicit_repr import AmortizedFixedPoint, ImplicitReprConfig, ImplicitRepresentation
 from deqbench.tasks.implicit2.params import ImageDataParams
@@ -130,8 +131,9 @@ def train(model: ImplicitRepresentation, coords: Tensor, targets01: Tensor, *, s
 
     Implicit models: amortised fixed point with ``amortize_iters`` (spec C.2) in full batch; with minibatches a
     full solve from zero every step (the paper's video runs).  ``timestamps``: the wall clock after every step
-    (one device sync per step).
+    (one device sync per step).  Trains in one process: refuses a profile that asks for data-parallel training.
     """
+    distributed.refuse_unsharded(desc)
     model.train()
     implicit = model.config.implicit
     n = int(coords.shape[0])

@@ -31,7 +31,8 @@ TASK = register(Task(
               (DATA, DATASET, Arg("method", help=f"one of {list(METHODS)}"), Arg("eps", float, "L2 radius (0: clean)"),
                Arg("seed", int), OUT, Arg("partial", help="resumable partial checkpoint (outside declared outputs)"),
                Arg("init", required=False, help="clean checkpoint an adversarial model warm-starts from "
-                                                "(with train.warm_start_steps)"))),
+                                                "(with train.warm_start_steps)")),
+              distributed=True),
         Stage("evaluate", "clean, PGD and JIO accuracy of one checkpoint at one eps",
               lambda s, a: s.evaluate(a.dataset), task.run_evaluate,
               (DATA, DATASET, Arg("checkpoint"), Arg("eps", float), OUT)),

@@ -239,6 +239,10 @@ class AdversarialSettings:
         if method not in METHODS:
             raise ConfigError(f"unknown training method {method!r}; known: {list(METHODS)}")
         t = self.params.train
+        processes = self.info.distributed.processes
+        if t.batch_size % processes:
+            raise ConfigError(f"profiles.{self.info.name}.jiio_adversarial.train.batch_size: {t.batch_size} cannot be "
+                              f"split evenly over distributed.processes = {processes}; use a multiple of it")
         attack = self.attack(dataset, training=True)
         warm = method != "clean" and t.warm_start_steps is not None
         lr = t.warm_start_lr if warm and t.warm_start_lr is not None else t.lr

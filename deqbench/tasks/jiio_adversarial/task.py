@@ -26,6 +26,7 @@ from deqbench.core.jacobian import hutchinson_jacobian_loss
 from deqbench.core.norms import reset_norms
 from deqbench.core.state import flat_map, spec_of
 from deqbench.data import scaled_eps
+from deqbench.experiments import distributed
 from deqbench.experiments.config import ConfigError
 from deqbench.experiments.io import atomic_torch_save, atomic_write_json, load_artifact
 from deqbench.experiments.memory import peak_memory, probe_in_child
@@ -147,12 +148,14 @@ def training_step(model: MDEQClassifier, images: Tensor, labels: Tensor, job: Tr
 def train(job: TrainJob, data: dict[str, Any], eps: float, seed: int, out: str | Path, partial: str | Path,
           device: torch.device, progress: bool = True, init: str | Path | None = None) -> dict[str, Any]:
     """Train one model; resumable from ``partial``; the final checkpoint is written atomically.  With
-    ``warm_start_steps``, an adversarial model starts from the clean model ``init`` and trains that many steps."""
+    ``warm_start_steps``, an adversarial model starts from the clean model ``init`` and trains that many steps.
+    As one rank of a data-parallel job (``distributed.processes``), it trains on its share of every batch."""
     seed_everything(seed)
     images_all, labels_all = data["train"]["images"], data["train"]["labels"]
     in_channels, num_classes = images_all.shape[1], data["meta"]["num_classes"]
     model = build_model(job.net, in_channels, num_classes).to(device)
-    batches = EpochBatches(len(labels_all), job.batch_size, seed)
+    batches = EpochBatches(len(labels_all), job.batch_size, seed, rank=distributed.rank(),
+                           world=distributed.world_size())
     steps = batches.steps_per_epoch * job.epochs
     if job.max_steps is not None:
         steps = min(steps, job.max_steps)
