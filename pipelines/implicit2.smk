@@ -45,8 +45,7 @@ rule implicit2_fit:
     priority: lambda wc: 1 if wc.filter == "gabor" else 0  # the slowest filter first
     threads: JOB_THREADS
     resources:
-        gpu=GPU,
-        mem_mb=2000,
+        **job_resources("evaluate", mem_mb=2000),
     shell:
         DEQBENCH + " implicit2 fit --dataset {wildcards.dataset:q} --image {wildcards.image:q} "
         "--filter {wildcards.filter:q} --out {output:q} > {log:q} 2>&1"
@@ -64,8 +63,7 @@ rule implicit2_fit_video:
     priority: 2  # the longest jobs: start them first
     threads: JOB_THREADS
     resources:
-        gpu=GPU,
-        mem_mb=3000,
+        **job_resources("evaluate", mem_mb=3000),
     shell:
         DEQBENCH + " implicit2 video --filter {wildcards.filter:q} --out {output:q} > {log:q} 2>&1"
 
@@ -81,8 +79,7 @@ rule implicit2_fit_amortization:
         f"logs/{P}/implicit2_amortization_image{{image}}.log",
     threads: JOB_THREADS
     resources:
-        gpu=GPU,
-        mem_mb=2000,
+        **job_resources("evaluate", mem_mb=2000),
     shell:
         DEQBENCH + " implicit2 amortization --image {wildcards.image:q} --out {output:q} > {log:q} 2>&1"
 
@@ -97,7 +94,7 @@ rule implicit2_sweep_gradient_order:
     # Fig. 4 plots PSNR against wall clock: it runs alone, with every core Snakemake has.
     threads: lambda wildcards: workflow.cores
     resources:
-        gpu=GPU,
+        **job_resources("alone"),
     shell:
         DEQBENCH + " implicit2 gradient-order --out {output:q} > {log:q} 2>&1"
 
@@ -112,7 +109,7 @@ rule implicit2_measure_cost:
     # Timing runs alone: it takes every core Snakemake has, so no other job runs beside it.
     threads: lambda wildcards: workflow.cores
     resources:
-        gpu=GPU,
+        **job_resources("alone"),
     shell:
         DEQBENCH + " implicit2 cost --out {output:q} > {log:q} 2>&1"
 

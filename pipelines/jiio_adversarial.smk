@@ -49,7 +49,7 @@ rule adversarial_prepare:
         f"logs/{P}/prepare_{{dataset}}.log",
     threads: 1
     resources:
-        mem_mb=4000,
+        **job_resources("prepare"),
     shell:
         DEQBENCH + " jiio_adversarial prepare --dataset {wildcards.dataset:q} --out {output:q} > {log:q} 2>&1"
 
@@ -81,8 +81,7 @@ rule adversarial_train:
     priority: lambda wc: 0 if wc.method == "clean" else 1  # adversarial training is the long work: start it first
     threads: JOB_THREADS
     resources:
-        gpu=GPU,
-        mem_mb=8000,
+        **job_resources("train"),
     shell:
         DEQBENCH + " jiio_adversarial train --data {input.data:q} --dataset {wildcards.dataset:q} "
         "--method {wildcards.method:q} --eps {wildcards.eps:q} --seed {wildcards.seed:q} --out {output:q} "
@@ -107,8 +106,7 @@ rule adversarial_evaluate:
         f"logs/{P}/evaluate_{{dataset}}_{{method}}_eps{{train_eps}}_seed{{seed}}_test-eps{{eps}}.log",
     threads: JOB_THREADS
     resources:
-        gpu=GPU,
-        mem_mb=8000,
+        **job_resources("evaluate", mem_mb=8000),
     shell:
         DEQBENCH + " jiio_adversarial evaluate --data {input.data:q} --dataset {wildcards.dataset:q} "
         "--checkpoint {input.checkpoint:q} --eps {wildcards.eps:q} --out {output:q} > {log:q} 2>&1"
@@ -126,7 +124,7 @@ rule adversarial_timing:
     # Timing runs alone: it takes every core Snakemake has, so no other job runs beside it.
     threads: lambda wildcards: workflow.cores
     resources:
-        gpu=GPU,
+        **job_resources("alone"),
     shell:
         DEQBENCH + " jiio_adversarial timing --data {input.data:q} --out {output:q} > {log:q} 2>&1"
 
@@ -143,7 +141,7 @@ rule adversarial_memory:
     # On the CPU each attack runs in its own child process (peak RSS is per process); alone, like timing.
     threads: lambda wildcards: workflow.cores
     resources:
-        gpu=GPU,
+        **job_resources("alone"),
     shell:
         DEQBENCH + " jiio_adversarial memory --data {input.data:q} --out {output:q} > {log:q} 2>&1"
 

@@ -46,7 +46,7 @@ rule generative_prepare:
         f"logs/{P}/prepare_faces.log",
     threads: 1
     resources:
-        mem_mb=4000,
+        **job_resources("prepare"),
     shell:
         DEQBENCH + " jiio_generative prepare --out {output:q} > {log:q} 2>&1"
 
@@ -70,8 +70,7 @@ rule generative_train:
     priority: lambda wc: (2 if wc.problem == RECONSTRUCT else 1) if GEN_MODELS[wc.gmodel].family == "jiio" else 0
     threads: JOB_THREADS
     resources:
-        gpu=GPU,
-        mem_mb=8000,
+        **job_resources("train"),
     shell:
         DEQBENCH + " jiio_generative train --data {input.data:q} --model {wildcards.gmodel:q} "
         "--problem {wildcards.problem:q} --seed {wildcards.seed:q} --out {output:q} --partial {params.partial:q} "
@@ -92,7 +91,7 @@ rule generative_density:
         f"logs/{P}/density_{{gmodel}}.log",
     threads: JOB_THREADS
     resources:
-        gpu=GPU,
+        **job_resources("evaluate"),
     shell:
         DEQBENCH + " jiio_generative density --data {input.data:q} --model {wildcards.gmodel:q} "
         "--checkpoint {input.checkpoint:q} --out {output:q} > {log:q} 2>&1"
@@ -123,7 +122,7 @@ rule generative_cell:
         f"logs/{P}/{{gtable}}_{{row}}_{{problem}}.log",
     threads: JOB_THREADS
     resources:
-        gpu=GPU,
+        **job_resources("evaluate"),
     shell:
         DEQBENCH + " jiio_generative cell --data {input.data:q} --table {wildcards.gtable:q} --row {wildcards.row:q} "
         "--problem {wildcards.problem:q} {params.checkpoint} {params.density} --out {output:q} "
@@ -144,7 +143,7 @@ rule generative_timing:
     # Timing runs alone: it takes every core Snakemake has, so no other job runs beside it.
     threads: lambda wildcards: workflow.cores
     resources:
-        gpu=GPU,
+        **job_resources("alone"),
     shell:
         DEQBENCH + " jiio_generative timing --data {input.data:q} --checkpoint {input.checkpoint:q} "
         "--checkpoint100 {input.checkpoint100:q} --out {output:q} > {log:q} 2>&1"
@@ -163,7 +162,7 @@ rule generative_acceleration:
         f"logs/{P}/generative_acceleration.log",
     threads: JOB_THREADS
     resources:
-        gpu=GPU,
+        **job_resources("evaluate"),
     shell:
         DEQBENCH + " jiio_generative acceleration --data {input.data:q} --checkpoint {input.checkpoint:q} "
         "--out {output:q} > {log:q} 2>&1"

@@ -32,8 +32,7 @@ rule jiio_meta_train:
     priority: lambda wc: 1 if wc.method == "jiio_deq" else 0  # the longest job first
     threads: JOB_THREADS
     resources:
-        gpu=GPU,
-        mem_mb=3000,
+        **job_resources("train", mem_mb=3000),
     shell:
         DEQBENCH + " jiio_meta train --method {wildcards.method:q} --checkpoint {output.checkpoint:q} "
         "--partial {params.partial:q} --out {output.evaluation:q} > {log:q} 2>&1"
@@ -47,6 +46,8 @@ rule jiio_meta_trivial:
     log:
         f"logs/{P}/jiio_meta_trivial.log",
     threads: 1
+    resources:
+        **job_resources("cpu"),
     shell:
         DEQBENCH + " jiio_meta trivial --out {output:q} > {log:q} 2>&1"
 
@@ -63,7 +64,7 @@ rule jiio_meta_timing:
     # Timing runs alone: it takes every core Snakemake has, so no other job runs beside it.
     threads: lambda wildcards: workflow.cores
     resources:
-        gpu=GPU,
+        **job_resources("alone"),
     shell:
         DEQBENCH + " jiio_meta timing --checkpoint {input.checkpoint:q} --out {output:q} > {log:q} 2>&1"
 

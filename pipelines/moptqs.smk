@@ -63,7 +63,7 @@ rule moptqs_prepare:
         f"logs/{P}/moptqs_prepare_{{dataset}}.log",
     threads: 1
     resources:
-        mem_mb=4000,
+        **job_resources("prepare"),
     shell:
         DEQBENCH + " moptqs prepare --dataset {wildcards.dataset:q} --out {output:q} > {log:q} 2>&1"
 
@@ -87,8 +87,7 @@ rule moptqs_train:
     priority: mopt_train_priority
     threads: JOB_THREADS
     resources:
-        gpu=GPU,
-        mem_mb=6000,
+        **job_resources("train", mem_mb=6000),
     shell:
         DEQBENCH + " moptqs train-evaluate --data {input.data:q} --dataset {wildcards.dataset:q} "
         "--model {wildcards.model:q} --seed {wildcards.seed:q} --out {output.checkpoint:q} "
@@ -111,8 +110,7 @@ rule moptqs_attack:
         f"logs/{P}/moptqs_attack_{{dataset}}_{{model}}_seed{{seed}}.log",
     threads: JOB_THREADS
     resources:
-        gpu=GPU,
-        mem_mb=4000,
+        **job_resources("evaluate"),
     shell:
         DEQBENCH + " moptqs attack --data {input.data:q} --dataset {wildcards.dataset:q} --model {wildcards.model:q} "
         "--checkpoint {input.checkpoint:q} --out {output:q} > {log:q} 2>&1"
@@ -133,7 +131,7 @@ rule moptqs_convergence:
         f"logs/{P}/moptqs_convergence_{{panel}}.log",
     threads: JOB_THREADS
     resources:
-        gpu=GPU,
+        **job_resources("evaluate"),
     shell:
         DEQBENCH + " moptqs convergence --data {input.data:q} --panel {wildcards.panel:q} "
         "--checkpoints {input.checkpoints:q} --out {output:q} > {log:q} 2>&1"
@@ -151,7 +149,7 @@ rule moptqs_cost:
         f"logs/{P}/moptqs_cost.log",
     threads: JOB_THREADS
     resources:
-        gpu=GPU,
+        **job_resources("evaluate"),
     shell:
         DEQBENCH + " moptqs cost --data {input.data:q} --checkpoints {input.checkpoints:q} --out {output:q} "
         "> {log:q} 2>&1"
@@ -170,7 +168,7 @@ rule moptqs_figure2_data:
         f"logs/{P}/moptqs_figure2.log",
     threads: JOB_THREADS
     resources:
-        gpu=GPU,
+        **job_resources("evaluate"),
     shell:
         DEQBENCH + " moptqs figure2 --data {input.data:q} --checkpoints {input.checkpoints:q} --out {output:q} "
         "> {log:q} 2>&1"
@@ -188,7 +186,7 @@ rule moptqs_figure3a_data:
         f"logs/{P}/moptqs_figure3a.log",
     threads: JOB_THREADS
     resources:
-        gpu=GPU,
+        **job_resources("evaluate"),
     shell:
         DEQBENCH + " moptqs figure3a --data {input.data:q} --checkpoint {input.checkpoint:q} --out {output:q} "
         "> {log:q} 2>&1"

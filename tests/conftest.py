@@ -1,12 +1,21 @@
-"""Shared fixtures: deterministic seeds and a guard that fails on host synchronisation."""
+"""Shared fixtures: deterministic seeds, a guard that fails on host synchronisation, and the smoke pipeline run."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 from typing import Iterator
 
 import pytest
 import torch
+
+# The speed-ratio options (--benchmark-compare-ratios, --benchmark-save-ratios) must exist whichever folder pytest
+# starts from, so the plugin is registered here, at the root of the test tree.
+pytest_plugins = ["tests.benchmarks.ratio_plugin"]
 
 
 @pytest.fixture(autouse=True)
@@ -68,3 +77,22 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def smoke(tmp_path_factory) -> Path:
+    """The whole pipeline (every table, figure and the claims ledger) on the smoke profile, run once per session:
+    tests/test_pipeline.py checks it, tests/test_slurm_cluster.py compares a Slurm run with it."""
+    work = tmp_path_factory.mktemp("smoke")
+    shutil.copy(REPO / "params.yaml", work / "params.yaml")
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1"}
+    env.setdefault("OMP_NUM_THREADS", "1")
+    cmd = [str(bin_dir / "snakemake"), "-s", str(REPO / "Snakefile"), "--directory", str(work), "--cores", "2",
+           "--config", "profile=smoke"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return work
