@@ -1,26 +1,27 @@
 """Benchmark plumbing: device/size selection, synchronised timing and side-by-side ratios.
 
-Every benchmark records its median under (group, name).  At the end of the
-session the ratios within each group are printed (and written as JSON to
-``$DEQBENCH_BENCH_JSON`` if set), so the speed claims are always ratios of
-timings taken in the same process on the same device.
+Every benchmark records its median under (group, name) and declares the ratios it takes part in with
+:func:`expect_ratio`.  A ratio is known once both members ran; it is then written into both members'
+``extra_info["ratios"]`` (so pytest-benchmark's ``--benchmark-json`` / ``--benchmark-autosave`` files hold it).  At
+the end of the session the ratios are printed (and written as JSON to ``$DEQBENCH_BENCH_JSON`` if set), so the
+speed claims are always ratios of timings taken in the same process on the same device.  The bookkeeping, the
+report and the check against ``bench/ratio_baseline.json`` (``--benchmark-compare-ratios``,
+``--benchmark-save-ratios``) live in :mod:`tests.benchmarks.ratio_plugin`.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from collections import defaultdict
 from typing import Any, Callable
 
 import pytest
 import torch
 
-RESULTS: dict[str, dict[str, float]] = defaultdict(dict)
-RATIOS: list[tuple[str, str, str]] = []  # (group, numerator, denominator)
+from tests.benchmarks import ratio_plugin
 
 
 def devices() -> list[str]:
+    """The devices to benchmark: the CPU, CUDA when present, narrowed by $DEQBENCH_BENCH_DEVICES (e.g. "cuda")."""
     found = ["cpu"]
     if torch.cuda.is_available():
         found.append("cuda")
@@ -31,12 +32,14 @@ def devices() -> list[str]:
 
 
 def sync(device: str) -> None:
+    """Wait for queued CUDA work, so a timed call includes it."""
     if device == "cuda":
         torch.cuda.synchronize()
 
 
 @pytest.fixture(params=devices())
 def device(request) -> str:
+    """Each benchmark once per device; on CUDA without TF32 (the numbers are FP32) and with cuDNN autotuning."""
     if request.param == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
@@ -44,9 +47,14 @@ def device(request) -> str:
     return request.param
 
 
-def expect_ratio(group: str, numerator: str, denominator: str) -> None:
-    if (group, numerator, denominator) not in RATIOS:
-        RATIOS.append((group, numerator, denominator))
+def expect_ratio(group: str, numerator: str, denominator: str, method: str | None = None) -> None:
+    """Declare the ratio ``numerator / denominator`` of two benchmarks of ``group``.
+
+    ``method`` is the side the ratio is about (default: the numerator, as in ``anderson / bare``); name the
+    denominator where the claim is that it is the faster one (``pgd-20 / jiio-80``, method ``jiio-80``).  The
+    baseline check calls a ratio regressed when it moves the way that makes the method slower.
+    """
+    ratio_plugin.current().declare(group, numerator, denominator, method)
 
 
 def run_benchmark(benchmark, group: str, name: str, fn: Callable[[], Any], device: str, rounds: int, warmup: int = 1) -> Any:
@@ -61,27 +69,18 @@ def run_benchmark(benchmark, group: str, name: str, fn: Callable[[], Any], devic
     benchmark.extra_info["device"] = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     out = benchmark.pedantic(timed, rounds=rounds, warmup_rounds=warmup, iterations=1)
     stats = getattr(benchmark, "stats", None)
-    if stats is not None and getattr(stats, "stats", None) is not None:
-        RESULTS[group][name] = stats.stats.median
+    if stats is not None and getattr(stats, "stats", None) is not None:  # None under --benchmark-disable
+        device_class = "cuda" if device.startswith("cuda") else "cpu"
+        ratio_plugin.current().record(group, name, stats.stats.median, device_class, benchmark.extra_info)
     return out
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    rows = []
-    for group, num, den in RATIOS:
-        if num in RESULTS[group] and den in RESULTS[group]:
-            a, b = RESULTS[group][num], RESULTS[group][den]
-            rows.append({"group": group, "numerator": num, "denominator": den, "numerator_ms": a * 1e3, "denominator_ms": b * 1e3, "ratio": a / b})
-    if not rows:
-        return
-    terminalreporter.section("deqbench ratios (same process, same device)")
-    for r in rows:
-        terminalreporter.write_line(
-            f"{r['group']:<42} {r['numerator']:>14} / {r['denominator']:<14} = {r['ratio']:7.2f}x"
-            f"   ({r['numerator_ms']:.2f} ms / {r['denominator_ms']:.2f} ms)"
-        )
-    out = os.environ.get("DEQBENCH_BENCH_JSON")
-    if out:
-        info = {"torch": torch.__version__, "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
-        with open(out, "w") as fh:
-            json.dump({"environment": info, "ratios": rows, "medians_s": RESULTS}, fh, indent=2)
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
+    """Register the ratio plugin (its options, report and baseline check) unless it is registered already.
+
+    A top-level conftest may list it in ``pytest_plugins`` (needed for its options to be accepted by a bare
+    ``pytest`` run from the repository root, where this conftest is loaded only after the command line is parsed);
+    ``pytest tests/benchmarks ...`` loads this conftest early enough.
+    """
+    if not pluginmanager.has_plugin(ratio_plugin.__name__):
+        pluginmanager.register(ratio_plugin, ratio_plugin.__name__)

@@ -42,6 +42,6 @@ def _setup(device: str, what: str):
 def test_training_step(benchmark, device, what):
     step, width, n = _setup(device, what)
     group = f"implicit2 training step (width {width}, {n} px) {device}"
-    expect_ratio(group, "explicit_4L", "implicit_1L_amortized")
-    expect_ratio(group, "deq_1L_full_solve", "implicit_1L_amortized")
+    expect_ratio(group, "explicit_4L", "implicit_1L_amortized", method="implicit_1L_amortized")
+    expect_ratio(group, "deq_1L_full_solve", "implicit_1L_amortized", method="implicit_1L_amortized")
     run_benchmark(benchmark, group, what, step, device, rounds=20 if device == "cuda" else 5, warmup=1)

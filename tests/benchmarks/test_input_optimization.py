@@ -41,7 +41,7 @@ def test_pgd20(benchmark, device):
 def test_jiio80_adversarial(benchmark, device):
     model, images, labels, label = _classifier(device)
     group = f"adversarial {label}"
-    expect_ratio(group, "pgd-20", "jiio-80")
+    expect_ratio(group, "pgd-20", "jiio-80", method="jiio-80")
 
     def run():
         with torch.no_grad():
@@ -73,7 +73,7 @@ def test_adam40(benchmark, device):
 def test_jiio40_generative(benchmark, device):
     model, target, z0, x0, label = _generator(device)
     group = f"generative {label}"
-    expect_ratio(group, "adam-40", "jiio-40")
+    expect_ratio(group, "adam-40", "jiio-40", method="jiio-40")
 
     def run():
         with torch.no_grad():

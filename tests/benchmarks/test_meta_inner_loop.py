@@ -72,7 +72,7 @@ def test_adam20_task_vectors(benchmark, device):
 
 def test_jiio100_task_vectors(benchmark, device):
     model, images, labels, tasks, group = _setup(device)
-    expect_ratio(group, "adam-20", "jiio-100")
+    expect_ratio(group, "adam-20", "jiio-100", method="jiio-100")
     config = JIIODEQConfig()
 
     def run():

@@ -44,7 +44,7 @@ def test_table2_pgd20(benchmark, device):
 
 def test_table2_jiio80(benchmark, device):
     net, attack, model, images, labels, group = _setup(device)
-    expect_ratio(group, "pgd-20", "jiio-80")
+    expect_ratio(group, "pgd-20", "jiio-80", method="jiio-80")
 
     def run():
         with torch.no_grad():

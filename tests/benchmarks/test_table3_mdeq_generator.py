@@ -40,7 +40,7 @@ def test_table3_adam40(benchmark, device):
 
 def test_table3_jiio40(benchmark, device):
     job, model, target, group = _setup(device)
-    expect_ratio(group, "adam-40", "jiio-40")
+    expect_ratio(group, "adam-40", "jiio-40", method="jiio-40")
 
     def run():
         with torch.no_grad():
