@@ -31,7 +31,8 @@ class SolverResult:
     nfe: int  # number of f evaluations
     trace: Tensor  # (B, max_iter) residual at every iteration; NaN where not run
     best_iteration: Tensor  # (B,) iteration index of the returned iterate
-    nonfinite_iteration: Tensor | None = None  # (B,) first iteration where f gave non-finite values; -1: none
+    nonfinite_iteration: Tensor | None = None  # (B,) first iteration f gave non-finite values, -1: none; only
+    # computed inside deqbench.core.watch.watch_solves() (None otherwise)
     method: str = ""
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -188,8 +189,8 @@ def solve(
             if tol > 0 and (k + 1) % check_every == 0:
                 if bool((tracker.best_residual <= tol).all()):  # the only host sync, every check_every steps
                     break
-        nonfinite = first_nonfinite_iteration(tracker.trace, nfe)
-    if watch is not None:
+        nonfinite = first_nonfinite_iteration(tracker.trace, nfe) if watch is not None else None
+    if watch is not None and nonfinite is not None:
         watch.observe(nonfinite)
     return SolverResult(
         z=spec.unflatten(tracker.best_x),
