@@ -90,3 +90,20 @@ def test_training_stops_naming_the_job_step_solve_and_iteration(tmp_path, monkey
                  partial_path=partial, settings_hash="h", device=torch.device("cpu"), summary={}, checkpoint_meta={},
                  progress=False)
     assert result["steps"] == 4 and out.exists()  # unpoisoned, the same loop trains (resuming after step 1)
+
+
+@pytest.mark.parametrize("grad_clip", [None, 0.5, 1000.0])
+def test_trainer_clips_the_global_gradient_norm(tmp_path, grad_clip) -> None:
+    """LoopSettings.grad_clip: one SGD step (lr 1) on the loss 100 * sum(w) of 4 weights moves every weight by
+    grad_clip / 2 when the gradient's norm (200) exceeds it, and by the whole gradient (100) otherwise."""
+    from deqbench.experiments.trainer import LoopSettings, StepOutput, fit
+
+    model = torch.nn.Linear(4, 1, bias=False)
+    before = model.weight.detach().clone()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    fit(key="toy/clip", model=model, optimizer=optimizer, step_fn=lambda step: StepOutput(100 * model.weight.sum(), {}),
+        loop=LoopSettings(steps=1, checkpoint_every=1, log_every=1, lr=1.0, grad_clip=grad_clip),
+        out_path=tmp_path / "final.pt", partial_path=tmp_path / "partial.pt", settings_hash="h",
+        device=torch.device("cpu"), summary={}, checkpoint_meta={}, progress=False)
+    moved = 100.0 if grad_clip is None or grad_clip > 200 else grad_clip / 2
+    torch.testing.assert_close(before - model.weight.detach(), torch.full_like(before, moved))

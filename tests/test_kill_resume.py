@@ -12,6 +12,7 @@ import random
 import signal
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,29 @@ KILL_POINTS = sorted(random.Random(13).sample([f"step:{k}" for k in range(1, STE
                                                                                           "write:3"], 5))
 
 
+def _kill_and_resume(task: str, data: dict[str, Path], tmp_path: Path, point: str,
+                     model: dict[str, torch.Tensor], history: list) -> None:
+    """Kill the job at ``point``, rerun it, and check that the rerun resumed from the right step and ended
+    bit-identical to the uninterrupted run."""
+    out, partial = tmp_path / f"{point.replace(':', '')}.pt", tmp_path / f"{point.replace(':', '')}.partial"
+    killed = _run(_train_command(task, data, out, partial), fault=point)
+    assert killed.returncode == -signal.SIGKILL, (point, killed.stderr[-2000:])
+    assert not out.exists(), f"{point}: a killed job left its final output"
+    resumed = _run(_train_command(task, data, out, partial))
+    assert resumed.returncode == 0, (point, resumed.stderr[-2000:])
+    start = _resume_step(point)
+    if start:
+        assert f"from step {start}" in resumed.stderr, (point, resumed.stderr[-2000:])
+    else:
+        assert "resuming" not in resumed.stderr, (point, resumed.stderr[-2000:])
+    got_model, got_history = _outcome(out)
+    assert got_model.keys() == model.keys()
+    for name, tensor in model.items():
+        assert torch.equal(got_model[name], tensor), f"{task} killed at {point}: {name} differs"
+    assert got_history == history, f"{task} killed at {point}: the loss history differs"
+    assert not partial.exists()
+
+
 @pytest.mark.parametrize("task", ["jiio_adversarial", "jiio_generative", "moptqs", "jiio_meta"])
 def test_killed_training_resumes_bit_identically(task, tmp_path, digits, faces, patches):
     data = {"digits": digits, "faces": faces, "patches": patches}
@@ -105,21 +129,8 @@ def test_killed_training_resumes_bit_identically(task, tmp_path, digits, faces, 
     assert proc.returncode == 0, proc.stderr[-2000:]
     model, history = _outcome(reference)
     assert len(history) > 0
-    for point in KILL_POINTS:
-        out, partial = tmp_path / f"{point.replace(':', '')}.pt", tmp_path / f"{point.replace(':', '')}.partial"
-        killed = _run(_train_command(task, data, out, partial), fault=point)
-        assert killed.returncode == -signal.SIGKILL, (point, killed.stderr[-2000:])
-        assert not out.exists(), f"{point}: a killed job left its final output"
-        resumed = _run(_train_command(task, data, out, partial))
-        assert resumed.returncode == 0, (point, resumed.stderr[-2000:])
-        start = _resume_step(point)
-        if start:
-            assert f"from step {start}" in resumed.stderr, (point, resumed.stderr[-2000:])
-        else:
-            assert "resuming" not in resumed.stderr, (point, resumed.stderr[-2000:])
-        got_model, got_history = _outcome(out)
-        assert got_model.keys() == model.keys()
-        for name, tensor in model.items():
-            assert torch.equal(got_model[name], tensor), f"{task} killed at {point}: {name} differs"
-        assert got_history == history, f"{task} killed at {point}: the loss history differs"
-        assert not partial.exists()
+    # The kill points are independent jobs (own outputs and partials, one thread each): two run at a time.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for done in [pool.submit(_kill_and_resume, task, data, tmp_path, point, model, history)
+                     for point in KILL_POINTS]:
+            done.result()

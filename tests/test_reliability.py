@@ -1,9 +1,10 @@
 """Reliability at the pipeline level (issue 13): R5 determinism (``--cores 1`` and ``--cores 2`` give identical
 tables on the CPU), concurrency (a second ``snakemake`` on a directory in use is refused by Snakemake's lock and
 corrupts nothing) and R3 divergence (a NaN injected into f mid-solve stops the run with an error naming the job
-and the iteration; no table is written and the previous table is kept byte for byte).  Table 5 on the smoke
-profile is the workload (it prepares data, trains six models and evaluates them: about a minute); the two-core run
-is the session's smoke pipeline (tests/conftest.py)."""
+and the iteration; no table is written and the previous table is kept byte for byte).  Table 8 on the smoke
+profile is the workload (it prepares the CIFAR-10 stand-in, trains three models, clean, PGD and JIO, and evaluates
+them: the rules of Table 5 on one dataset, about half a minute); the two-core run is the session's smoke pipeline
+(tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-TARGET = "results/table5.csv"
+TARGET = "results/table8.csv"
 WALL_CLOCK_COLUMNS = {"train_seconds_mean"}  # measured time: legitimately differs between any two runs
 
 
@@ -52,7 +53,7 @@ def _table_without_wall_clock(path: Path) -> list[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def one_core(tmp_path_factory) -> dict[str, object]:
-    """Table 5 with ``--cores 1``; while it runs, the same command is started twice more in its directory (plainly,
+    """Table 8 with ``--cores 1``; while it runs, the same command is started twice more in its directory (plainly,
     and with ``--rerun-incomplete``).  Returns the directory and the two refused invocations."""
     work = _workdir(tmp_path_factory.mktemp("reliability") / "one_core")
     first = subprocess.Popen(_command(work, 1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -95,9 +96,9 @@ def test_a_second_invocation_on_a_directory_in_use_is_refused(one_core) -> None:
 
 def test_nan_mid_solve_stops_the_run_and_keeps_the_previous_table(one_core) -> None:
     """R3: every training job rerun with f poisoned from its 3rd evaluation in step 1; the first job to get there
-    fails with the message on the console, Snakemake stops, and the finished Table 5 stays byte for byte."""
+    fails with the message on the console, Snakemake stops, and the finished Table 8 stays byte for byte."""
     work = one_core["work"]
-    before = {p: (work / p).read_bytes() for p in ("results/table5.csv", "results/table5.md")}
+    before = {p: (work / p).read_bytes() for p in ("results/table8.csv", "results/table8.md")}
     proc = subprocess.run(_command(work, 2, "--forcerun", "adversarial_train"), capture_output=True, text=True,
                           env=_env(DEQBENCH_FAULT="nan:1:3"), timeout=900)
     output = proc.stdout + proc.stderr

@@ -53,6 +53,7 @@ class LoopSettings:
     lr_min: float = 0.0
     lr_milestones: tuple[float, ...] = ()  # multistep: fractions of the run where the LR is multiplied by lr_gamma
     lr_gamma: float = 0.1
+    grad_clip: float | None = None  # clip the gradient's global L2 norm to this before every step (None: no clipping)
 
     def lr_at(self, step: int) -> float:
         """The learning rate of optimisation step ``step`` (cosine: decay to ``lr_min`` over the run, per step;
@@ -238,6 +239,8 @@ def fit(
                                   f"(loss={float(out.loss.detach())}, max |health|={worst}); no output is written")
         out.loss.backward()
         distributed.average_gradients(model.parameters())
+        if loop.grad_clip is not None:  # on the device: the norm is never read on the host
+            torch.nn.utils.clip_grad_norm_(model.parameters(), loop.grad_clip)
         optimizer.step()
         step += 1
         faults.after_step(step)

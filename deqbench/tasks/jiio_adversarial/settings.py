@@ -30,6 +30,8 @@ class TrainParams:
     max_steps: PositiveInt | None  # cap on optimisation steps (null: full epochs)
     jac_reg: NonNegativeFloat  # appendix C.4
     jac_probes: PositiveInt
+    # Clip the gradient's global L2 norm to this before each Adam step (null: no clipping, as in the paper).
+    grad_clip: PositiveFloat | None
     checkpoint_every: PositiveInt
     log_every: PositiveInt
     attack_pgd_steps: PositiveInt | None  # PGD steps inside adversarial training (null: attack.pgd.steps)
@@ -165,6 +167,7 @@ class TrainJob:
     max_steps: int | None
     jac_reg: float
     jac_probes: int
+    grad_clip: float | None
     checkpoint_every: int
     log_every: int
     pgd: PGDParams | None  # PGD inside PGD training (the cheaper train.attack_pgd_steps); None otherwise
@@ -247,7 +250,7 @@ class AdversarialSettings:
         warm = method != "clean" and t.warm_start_steps is not None
         lr = t.warm_start_lr if warm and t.warm_start_lr is not None else t.lr
         return TrainJob(self.network(dataset), method, lr, t.lr_schedule, t.lr_min, t.batch_size, t.epochs[dataset],
-                        t.max_steps, t.jac_reg, t.jac_probes, t.checkpoint_every, t.log_every,
+                        t.max_steps, t.jac_reg, t.jac_probes, t.grad_clip, t.checkpoint_every, t.log_every,
                         attack.pgd if method == "pgd" else None, attack.jio if method == "jio" else None,
                         t.warm_start_steps if warm else None, t.jio_backward if method == "jio" else "mu")
 

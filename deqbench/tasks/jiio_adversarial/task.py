@@ -173,7 +173,8 @@ def train(job: TrainJob, data: dict[str, Any], eps: float, seed: int, out: str |
         return training_step(model, images_all[idx].to(device), labels_all[idx].to(device), job, eps, scale)
 
     key = f"{job.net.dataset}_{job.method}_eps{eps:g}_seed{seed}"
-    loop = LoopSettings(steps, job.checkpoint_every, job.log_every, job.lr, job.lr_schedule, job.lr_min)
+    loop = LoopSettings(steps, job.checkpoint_every, job.log_every, job.lr, job.lr_schedule, job.lr_min,
+                        grad_clip=job.grad_clip)
     summary = {"dataset": job.net.dataset, "method": job.method, "eps": eps, "eps_used": scale * eps, "seed": seed,
                "data_source": data_source_label(data["meta"]), "model": model.describe(),
                "num_parameters": model.num_parameters(), "epochs": batches.epochs(steps),
@@ -183,7 +184,7 @@ def train(job: TrainJob, data: dict[str, Any], eps: float, seed: int, out: str |
                                 if job.jio is not None else None),
                "inner_iterations": (job.pgd.steps if job.pgd is not None else
                                     job.jio.iterations if job.jio is not None else 0),
-               "lr": job.lr, "lr_schedule": job.lr_schedule}
+               "lr": job.lr, "lr_schedule": job.lr_schedule, "grad_clip": job.grad_clip}
     meta = {"in_channels": in_channels, "num_classes": num_classes, "model_settings": to_plain(job.net.model)}
     return fit(key=key, model=model, optimizer=optimizer, step_fn=step_fn, loop=loop, out_path=out,
                partial_path=partial, settings_hash=settings_hash(job), device=device, summary=summary,
