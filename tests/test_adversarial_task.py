@@ -137,7 +137,7 @@ def test_table_assembly_mean_std_and_reference(adv, tmp_path):
     for seed, acc in enumerate([50.0, 60.0]):
         for method in ("clean", "pgd", "jio"):
             result = {"accuracy": {"clean": acc, "pgd": acc - 10, "jio": acc - 20}, "eps": 1.0, "n_test": 100,
-                      "eps_used": 0.36, "train": {"dataset": "mnist", "method": method, "seed": seed, "steps": 300,
+                      "eps_used": 0.36, "test_attacks": "PGD-20, JIO-80 (memory 2)", "train": {"dataset": "mnist", "method": method, "seed": seed, "steps": 300,
                                                   "train_seconds": 10.0 * (seed + 1),
                                                   "inner_iterations": {"clean": 0, "pgd": 3, "jio": 40}[method],
                                                   "inner_attack": None if method == "clean" else f"{method}-3",
@@ -156,6 +156,7 @@ def test_table_assembly_mean_std_and_reference(adv, tmp_path):
     assert TABLE5.reference_columns() == {"accuracy_mean": "paper_value", "accuracy_std": "paper_std",
                                           "train_seconds_mean": "paper_train_hours"}
     assert first["eps_used"] == 0.36 and "0.36 on digits28" in built.caption_fields["eps_used"]
+    assert built.caption_fields["attacks"] == "PGD-20, JIO-80 (memory 2) on digits28 (embedded stand-in for mnist)"
     assert first["training"] == "clean: no attack inside, 300 steps"
     assert built.rows[3]["training"] == "pgd: pgd-3 inside, 300 steps fine-tuning the clean model of the same seed"
     # appendix C.5: each model's own training wall clock, mean over seeds, beside the paper's hours
@@ -218,6 +219,8 @@ def test_pgd_attack_lowers_accuracy_of_a_trained_model(tmp_path):
     assert acc["pgd"] < acc["clean"] - 20.0
     assert acc["jio"] < acc["clean"]
     assert result["max_perturbation_norm"] <= 1.0 + 1e-5
+    jio = adv.evaluate("mnist").attack.jio
+    assert f"JIO-{jio.iterations} (Anderson type {jio.anderson_kind}, memory {jio.memory}" in result["test_attacks"]
 
 
 def test_table2_times_both_methods_at_equal_engineering_with_their_counts(adv, data):

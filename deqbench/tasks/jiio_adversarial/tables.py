@@ -68,6 +68,7 @@ def _robustness_builder(reference: dict[str, Any]):
         sources: dict[str, str] = {}
         n_test: dict[str, int] = {}
         eps_used: dict[str, set[float]] = {}
+        attacks: dict[str, set[str]] = {}
         recipes: dict[tuple[str, str], set[str]] = {}
         train_seconds: dict[tuple[str, str], list[float]] = {}
         inner: dict[tuple[str, str], set[Any]] = {}
@@ -78,6 +79,7 @@ def _robustness_builder(reference: dict[str, Any]):
                 raise ConfigError(f"{r['_file']}: evaluated at eps={r['eps']}, but {job.table} uses eps={job.eps}")
             sources[train["dataset"]], n_test[train["dataset"]] = r["data_source"], r["n_test"]
             eps_used.setdefault(train["dataset"], set()).add(round(r.get("eps_used", r["eps"]), 6))
+            attacks.setdefault(train["dataset"], set()).add(r.get("test_attacks", "not recorded"))
             recipes.setdefault((train["dataset"], train["method"]), set()).add(training_recipe(train))
             inner.setdefault((train["dataset"], train["method"]), set()).add(train.get("inner_iterations"))
             if "train_seconds" in train:
@@ -110,7 +112,10 @@ def _robustness_builder(reference: dict[str, Any]):
                                  "profile": job.profile, "data_source": sources[dataset]})
         seeds = sorted({r["train"]["seed"] for r in results})
         used = ", ".join(f"{_one(eps_used[d], d):.3g} on {sources[d]}" for d in job.datasets)
-        return TableRows(rows, {"eps": job.eps, "seeds": seeds, "profile": job.profile, "eps_used": used},
+        tested = "; ".join(f"{_one(attacks[d], f'{job.table} {d}: test attacks')} on {sources[d]}"
+                           for d in job.datasets)
+        return TableRows(rows, {"eps": job.eps, "seeds": seeds, "profile": job.profile, "eps_used": used,
+                                "attacks": tested},
                          {"seeds": seeds, "eval_files": sorted(files), "measured_on": measured_on(results)})
 
     return build
@@ -138,7 +143,8 @@ def _robustness_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
 ROBUSTNESS_CAPTION = ("Accuracy (%) of MDEQ classifiers under L2 attacks of radius {eps:g} (radius actually used: "
                       "{eps_used}; on stand-ins eps is scaled by the ratio of RMS image norms): rows are the training "
                       "method (clean, PGD or JIO adversarial training), columns the attack at test time (none, PGD, "
-                      "JIO); mean and sample std over seeds {seeds}; profile `{profile}`. The training wall clock "
+                      "JIO; test attacks: {attacks}); mean and sample std over seeds {seeds}; profile `{profile}`. "
+                      "The training wall clock "
                       "(appendix C.5) is the mean over seeds of each model's own training; a model that fine-tunes "
                       "the clean one (see `how it was trained`) does not include the clean model's time.")
 

@@ -180,7 +180,8 @@ def train(job: TrainJob, data: dict[str, Any], eps: float, seed: int, out: str |
                "num_parameters": model.num_parameters(), "epochs": batches.epochs(steps),
                "warm_start": str(init) if job.warm_start_steps is not None else None, "steps": steps,
                "inner_attack": (f"PGD-{job.pgd.steps} (step {job.pgd.step_size:g} x eps)" if job.pgd is not None else
-                                f"JIO-{job.jio.iterations}" + (", adjoint solve" if job.jio_backward == "ift" else "")
+                                f"JIO-{job.jio.iterations} (Anderson memory {job.jio.memory})"
+                                + (", adjoint solve" if job.jio_backward == "ift" else "")
                                 if job.jio is not None else None),
                "inner_iterations": (job.pgd.steps if job.pgd is not None else
                                     job.jio.iterations if job.jio is not None else 0),
@@ -232,7 +233,11 @@ def evaluate(job: EvaluateJob, checkpoint: str | Path, data: dict[str, Any], eps
     accuracy = {k: 100.0 * float(v) / n for k, v in correct.items()}
     if not all(math.isfinite(a) for a in accuracy.values()):
         raise DivergenceError(f"{checkpoint}: non-finite accuracy {accuracy}")
-    return {"accuracy": accuracy, "n_test": n, "eps": eps, "eps_used": scale * eps, "max_perturbation_norm": float(max_norm),
+    pgd_cfg, jio_cfg = job.attack.pgd, job.attack.jio
+    attacks = (f"PGD-{pgd_cfg.steps} (step {pgd_cfg.step_size:g} x eps), JIO-{jio_cfg.iterations} (Anderson "
+               f"type {jio_cfg.anderson_kind}, memory {jio_cfg.memory}, alpha_delta {jio_cfg.alpha[2]:g} x eps)")
+    return {"accuracy": accuracy, "n_test": n, "eps": eps, "eps_used": scale * eps, "test_attacks": attacks,
+            "max_perturbation_norm": float(max_norm),
             "train": state["summary"], "data_source": data_source_label(data["meta"])}
 
 
