@@ -361,16 +361,20 @@ def test_dvc_repro_tracks_the_pipeline(smoke, tmp_path):
                            capture_output=True, text=True, env=env)
     assert plots.returncode == 0 and (tmp_path / "plots" / "index.html").exists(), plots.stderr[-2000:]
     # The documented DVC override path: `dvc exp run -S` edits a nested key of params.yaml and reruns; Snakemake
-    # then recomputes only the jobs whose settings read it (here: Table 5/8 evaluation, not training).
+    # then recomputes only the jobs whose settings read it (here: the Table 2 timing job, then Table 2 and the
+    # ledger; no training and no evaluation).
     git_env = {**env, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
                "GIT_COMMITTER_EMAIL": "t@t"}
     subprocess.run(["git", "add", "-A"], cwd=work, check=True, env=git_env, capture_output=True)
     subprocess.run(["git", "commit", "-q", "-m", "smoke"], cwd=work, check=True, env=git_env, capture_output=True)
     trained = {p: p.stat().st_mtime_ns for p in (work / "data/checkpoints").rglob("*.pt")}
-    exp = subprocess.run([str(BIN / "dvc"), "exp", "run", "-S", "profiles.smoke.jiio_adversarial.eval.limit=20"],
+    evaluated = {p: p.stat().st_mtime_ns for p in (work / "results/adversarial").rglob("*.json")}
+    exp = subprocess.run([str(BIN / "dvc"), "exp", "run", "-S", "profiles.smoke.jiio_adversarial.timing.repeats=2"],
                          cwd=work, capture_output=True, text=True, env=git_env, timeout=1200)
     assert exp.returncode == 0, exp.stdout[-4000:] + exp.stderr[-4000:]
-    assert yaml.safe_load((work / "params.yaml").read_text())["profiles"]["smoke"]["jiio_adversarial"]["eval"][
-        "limit"] == 20
-    assert {r["n_test"] for r in rows(work / "results/table5.csv")} == {"20"}
+    assert yaml.safe_load((work / "params.yaml").read_text())["profiles"]["smoke"]["jiio_adversarial"]["timing"][
+        "repeats"] == 2
+    timing = json.loads((work / "results/timing/smoke/table2_timing.json").read_text())
+    assert {row["repeats"] for row in timing["rows"]} == {2}
+    assert evaluated == {p: p.stat().st_mtime_ns for p in (work / "results/adversarial").rglob("*.json")}
     assert trained == {p: p.stat().st_mtime_ns for p in (work / "data/checkpoints").rglob("*.pt")}
