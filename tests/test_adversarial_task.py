@@ -208,8 +208,8 @@ def test_warm_started_adversarial_training_needs_and_uses_the_clean_model(data, 
 @pytest.mark.slow
 def test_pgd_attack_lowers_accuracy_of_a_trained_model(tmp_path):
     """Train a clean MDEQ briefly on the embedded digits stand-in; PGD-20 must lower its accuracy."""
-    adv = settings("embedded", train={"max_steps": 150, "log_every": 50, "checkpoint_every": 1000},
-                   eval={"limit": 100})
+    adv = settings("embedded", train={"max_steps": 100, "log_every": 50, "checkpoint_every": 1000},
+                   eval={"limit": 50})
     prepared = task.prepare_dataset(adv.prepare("mnist"))
     task.train(adv.train("mnist", "clean"), prepared, 0.0, 0, tmp_path / "m.pt", tmp_path / "p.pt", CPU,
                progress=False)

@@ -41,7 +41,8 @@ def test_inheritance_overrides_nested_keys_only(params):
     paper, embedded = resolve_profile(params, "paper"), resolve_profile(params, "embedded")
     adv_p, adv_e = paper["jiio_adversarial"], embedded["jiio_adversarial"]
     assert adv_e["train"]["jac_probes"] == adv_p["train"]["jac_probes"]  # inherited
-    assert adv_e["attack"]["jio"]["memory"] == adv_p["attack"]["jio"]["memory"]  # inherited
+    assert adv_e["attack"]["jio"]["anderson_kind"] == adv_p["attack"]["jio"]["anderson_kind"]  # inherited
+    assert adv_e["attack"]["jio"]["memory"] != adv_p["attack"]["jio"]["memory"]  # a sibling key overridden
     assert adv_e["attack"]["jio"]["alpha"]["mnist"] == adv_p["attack"]["jio"]["alpha"]["mnist"]  # one key overridden
     assert adv_e["train"]["batch_size"] != adv_p["train"]["batch_size"]  # overridden
     assert settings_hash(paper) != settings_hash(embedded)
