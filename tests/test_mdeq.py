@@ -271,3 +271,22 @@ def test_parameter_counts_paper_configs():
     assert abs(mnist - REFERENCE_MNIST_PARAMS) <= 0.05 * REFERENCE_MNIST_PARAMS
     assert abs(cifar - REFERENCE_CIFAR_SMALL_PARAMS) <= 0.05 * REFERENCE_CIFAR_SMALL_PARAMS
     assert cifar - mnist == 2 * 24 * 9  # only the first stem conv sees the input channels
+
+
+def test_standardize_per_task_closed_form_and_errors():
+    """Per task and feature: zero mean, unit biased variance (up to eps); tasks never mix."""
+    from deqbench.models.mdeq import standardize_per_task
+
+    features = torch.tensor([[1.0, 10.0], [3.0, 10.0], [0.0, 5.0], [4.0, 7.0]])
+    out = standardize_per_task(features, tasks=2, eps=0.0)
+    expected = torch.tensor([[-1.0, float("nan")], [1.0, float("nan")], [-1.0, -1.0], [1.0, 1.0]])
+    torch.testing.assert_close(out[:, 0], expected[:, 0])
+    torch.testing.assert_close(out[2:], expected[2:])
+    torch.testing.assert_close(standardize_per_task(features, tasks=2)[:2, 1], torch.zeros(2))  # eps: no 0/0
+    with pytest.raises(ValueError, match="do not split into 3 tasks"):
+        standardize_per_task(features, tasks=3)
+    with pytest.raises(ValueError, match="at least 2 samples per task"):
+        standardize_per_task(features, tasks=4)
+    with pytest.raises(ValueError, match="pooled_norm"):
+        MDEQConfig(pooled_norm="batch")
+

@@ -192,7 +192,7 @@ def inner_loop(
     use_jac = with_jac and torch.is_grad_enabled()
     with torch.set_grad_enabled(use_jac):
         f = model.task_layer_fn(support_images)
-        cost = model.task_cost_fn(support_labels, scale=config.scale_for(model))
+        cost = model.task_cost_fn(support_labels, scale=config.scale_for(model), tasks=n_tasks)
         x0 = support_images.new_zeros(n_tasks, model.config.task_dim)
         res = jiio(f, cost, model.z0(support_images), x0, backward="none",
                    jac_reg="trajectory" if use_jac else None, jac_reg_probes=config.jac_reg_probes,
@@ -254,7 +254,7 @@ def query_logits(
     stats: dict[str, Any] | None = None,
 ) -> Tensor:
     """h(z^{te*}) for the query images at x* fixed (spec B.2, B.4): (T Q, num_classes)."""
-    return model.logits(query_equilibrium(model, query_images, x_star, config, stats))
+    return model.logits(query_equilibrium(model, query_images, x_star, config, stats), tasks=x_star.shape[0])
 
 
 def query_loss(
@@ -294,7 +294,7 @@ def meta_loss(
     inner = inner_loop(model, s_img, s_lab, t, config, with_jac=config.jac_reg > 0)
     solve_stats: dict[str, Any] = {}
     z_q = query_equilibrium(model, q_img, inner.x, config, solve_stats)
-    logits = model.logits(z_q)
+    logits = model.logits(z_q, tasks=t)
     ce = F.cross_entropy(logits, q_lab)
     loss = ce
     jac = inner.jac_loss
@@ -377,7 +377,7 @@ def adam_task_vectors(
     f_evals = vjps = 0
     with torch.no_grad():
         f = model.task_layer_fn(support_images)  # weights and injection fixed: gradients go to x only
-    ce_cost = model.task_cost_fn(support_labels, scale=scale)
+    ce_cost = model.task_cost_fn(support_labels, scale=scale, tasks=n_tasks)
     z0 = model.z0(support_images)
     for k in range(steps):
         stats: dict[str, Any] = {}

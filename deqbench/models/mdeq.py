@@ -64,6 +64,15 @@ equal chunk per branch, and block i maps its chunk through a Linear to
 GroupNorm as ``GN1(u) * (1 + gamma) + beta`` (FiLM).  The Linear starts at
 zero, so the initial model ignores x.  ``task_dim = 0`` (the default) builds
 no FiLM layers and leaves every computation unchanged.
+
+``pooled_norm = "task"`` (an option, not in the paper) standardises the head's
+pooled features over each task's samples before the final Linear (per feature:
+minus the task mean, over the task standard deviation; a BatchNorm1d without
+affine whose batch is one task).  The reference head's BatchNorms normalise over
+the batch, which per-example GroupNorm cannot: at initialisation the pooled
+features of a GroupNorm head vary by only about 6 % over images, so no task
+vector can make the logits tell a task's images apart.  The logits then need
+the task grouping (``tasks``); samples of different tasks never interact.
 """
 
 from __future__ import annotations
@@ -109,6 +118,24 @@ def _int_tuple(name: str, value: Any) -> tuple[int, ...]:
     return value
 
 
+POOLED_NORMS = ("none", "task")
+POOLED_NORM_EPS = 1e-5  # as BatchNorm's
+
+
+def standardize_per_task(features: Tensor, tasks: int, eps: float = POOLED_NORM_EPS) -> Tensor:
+    """(B, F) features of a task-major batch (B = tasks * K) standardised per task and feature: minus the mean of
+    the task's K samples, divided by sqrt(their biased variance + eps)."""
+    if isinstance(tasks, bool) or not isinstance(tasks, int) or tasks < 1 or features.shape[0] % tasks:
+        raise ValueError(f"{features.shape[0]} samples do not split into {tasks!r} tasks of equal size")
+    if features.shape[0] // tasks < 2:
+        raise ValueError(f"per-task standardisation needs at least 2 samples per task, got {features.shape[0]} "
+                         f"samples in {tasks} tasks")
+    grouped = features.view(tasks, features.shape[0] // tasks, *features.shape[1:])
+    mean = grouped.mean(1, keepdim=True)
+    var = grouped.var(1, unbiased=False, keepdim=True)
+    return ((grouped - mean) / (var + eps).sqrt()).view_as(features)
+
+
 @dataclass(frozen=True)
 class MDEQConfig:
     """Hyper-parameters of :class:`MDEQClassifier` (defaults: the paper's MNIST model)."""
@@ -127,8 +154,15 @@ class MDEQConfig:
     init_std: float = 0.01  # std of the N(0, std) init of the non-weight-normalised convs (reference: 0.01)
     stem_downsample: int = 0  # how many of the two stem convs have stride 2 (ImageNet-style inputs: 2)
     task_dim: int = 0  # FiLM task-vector size (JIIO meta-learning, spec B.3: 400); 0 = no task input
+    pooled_norm: str = "none"  # "task": standardise pooled head features over each task (module docstring)
+    pooled_norm_eps: float = POOLED_NORM_EPS  # added to the per-task variance (caps the amplification at 1/sqrt(eps))
 
     def __post_init__(self) -> None:
+        if self.pooled_norm not in POOLED_NORMS:
+            raise ValueError(f"MDEQConfig.pooled_norm must be one of {POOLED_NORMS}, got {self.pooled_norm!r}")
+        if isinstance(self.pooled_norm_eps, bool) or not isinstance(self.pooled_norm_eps, (int, float)) \
+                or not self.pooled_norm_eps > 0:
+            raise ValueError(f"MDEQConfig.pooled_norm_eps must be a number > 0, got {self.pooled_norm_eps!r}")
         if self.stem_downsample not in (0, 1, 2):
             raise ValueError(f"MDEQConfig.stem_downsample must be 0, 1 or 2, got {self.stem_downsample!r}")
         for name in ("in_channels", "num_classes", "expansion", "block_groups", "fuse_groups",
@@ -369,13 +403,22 @@ class ClassifierHead(nn.Module):
         self.final = nn.Sequential(_conv1x1(widths[-1], config.final_channels, bias=True),
                                    nn.GroupNorm(g, config.final_channels), nn.ReLU())
         self.classifier = nn.Linear(config.final_channels, config.num_classes)
+        self.pooled_norm, self.pooled_norm_eps = config.pooled_norm, float(config.pooled_norm_eps)
 
-    def forward(self, z: Sequence[Tensor]) -> Tensor:
+    def pooled(self, z: Sequence[Tensor]) -> Tensor:
+        """The (B, final_channels) features the final Linear sees, before any ``pooled_norm``."""
         y = self.bottlenecks[0](z[0])
         for i, down in enumerate(self.downsample):
             y = down(y) + self.bottlenecks[i + 1](z[i + 1])
-        y = self.final(y)
-        return self.classifier(y.mean(dim=(2, 3)))
+        return self.final(y).mean(dim=(2, 3))
+
+    def forward(self, z: Sequence[Tensor], tasks: int | None = None) -> Tensor:
+        features = self.pooled(z)
+        if self.pooled_norm == "task":
+            if tasks is None:
+                raise ValueError("MDEQConfig.pooled_norm='task' needs the number of tasks in the batch (tasks=)")
+            features = standardize_per_task(features, tasks, self.pooled_norm_eps)
+        return self.classifier(features)
 
 
 # ----------------------------------------------------------------------------- the model
@@ -488,9 +531,10 @@ class MDEQClassifier(nn.Module):
             raise ValueError(f"{tasks} task vectors do not divide a batch of {batch} samples")
         return task.repeat_interleave(batch // tasks, dim=0)
 
-    def logits(self, z: Sequence[Tensor]) -> Tensor:
-        """Classifier head h(z) -> (B, num_classes)."""
-        return self.head(z)
+    def logits(self, z: Sequence[Tensor], tasks: int | None = None) -> Tensor:
+        """Classifier head h(z) -> (B, num_classes); ``tasks``: how many tasks the task-major batch holds
+        (needed with ``pooled_norm="task"`` only)."""
+        return self.head(z, tasks)
 
     def layer_fn(self, images: Tensor) -> Callable[[tuple[Tensor, ...], Tensor], tuple[Tensor, ...]]:
         """f(z, delta) = layer(z, inject(images + delta)), for input optimisation of delta; the injection is computed
@@ -513,10 +557,12 @@ class MDEQClassifier(nn.Module):
         injection = self.inject(images)
         return lambda z, x: self.layer(z, injection, x)
 
-    def task_cost_fn(self, labels: Tensor, scale: float = 1.0) -> Callable[[Sequence[Tensor]], Tensor]:
+    def task_cost_fn(
+        self, labels: Tensor, scale: float = 1.0, tasks: int | None = None
+    ) -> Callable[[Sequence[Tensor]], Tensor]:
         """Per-sample inner cost scale * CE(logits(z), labels), shape (B,) (spec B.2: CE at the iterate z;
-        the reference scales by n_cls)."""
-        return lambda z: scale * F.cross_entropy(self.logits(z), labels, reduction="none")
+        the reference scales by n_cls); ``tasks`` as in :meth:`logits`."""
+        return lambda z: scale * F.cross_entropy(self.logits(z, tasks), labels, reduction="none")
 
     # ---------------------------------------------------------------- forward
 
@@ -547,6 +593,7 @@ class MDEQClassifier(nn.Module):
         if backward_options is None and backward == "ift":
             backward_options = dict(DEFAULT_BACKWARD_OPTIONS)
         injection = self.inject(images)
+        tasks = None if task is None else task.shape[0]
         if task is not None:
             task = self.broadcast_task(task, images.shape[0])
         z = fixed_point(
@@ -560,7 +607,7 @@ class MDEQClassifier(nn.Module):
             backward_options=backward_options,
             stats=stats,
         )
-        return self.logits(z)
+        return self.logits(z, tasks)
 
     # ---------------------------------------------------------------- provenance
 

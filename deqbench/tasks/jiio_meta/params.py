@@ -9,10 +9,12 @@ cross-references and hands each job exactly the slice it reads.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
 from deqbench.experiments.params import MDEQParams
+from deqbench.models.mdeq import MDEQConfig
 from deqbench.experiments.settings import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 MethodName = Literal["jiio_deq", "maml", "reptile", "imaml"]
@@ -59,6 +61,15 @@ class FiLMMDEQParams(MDEQParams):
     # Small g starts the GroupNorms after them in their eps-dominated, nearly linear regime, so f starts contractive
     # and the solves converge at initialisation (an initialisation choice, not in the paper).
     contractive_gain: PositiveFloat | None = None
+    # "task": standardise the head's pooled features over each task's images before the classifier (not in the
+    # paper; see deqbench.models.mdeq).  With the per-example GroupNorm head they barely vary over images and
+    # JIIO-DEQ meta-training stays at chance.
+    pooled_norm: Literal["none", "task"] = "none"
+    pooled_norm_eps: PositiveFloat = 1e-5  # added to the per-task variance of each pooled feature (as BatchNorm's)
+
+    def config(self, in_channels: int, num_classes: int) -> MDEQConfig:
+        return dataclasses.replace(super().config(in_channels, num_classes), pooled_norm=self.pooled_norm,
+                                   pooled_norm_eps=self.pooled_norm_eps)
 
 
 @dataclass(frozen=True)

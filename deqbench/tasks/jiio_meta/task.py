@@ -11,11 +11,20 @@ from typing import Any
 from deqbench.experiments.io import atomic_write_json
 from deqbench.experiments.registry import Job
 from deqbench.experiments.runtime import seed_everything
+from deqbench.tasks.jiio_meta.params import JIIODEQParams
 from deqbench.tasks.jiio_meta.settings import METHODS, TrainJob
 from deqbench.tasks.jiio_meta.timing import inner_loop_timing
 from deqbench.tasks.jiio_meta.training import (
     build_model, data_source_of, evaluate, load_splits, meta_train, trivial_answers,
 )
+
+
+def method_label(job: TrainJob) -> str:
+    """The Table 6 row name; a JIIO-DEQ whose head standardises its pooled features per task says so."""
+    label = METHODS[job.method]
+    if isinstance(job.params, JIIODEQParams) and job.params.model.pooled_norm == "task":
+        label += " (pooled head features standardised per task: transductive, not in the paper)"
+    return label
 
 
 def train_and_evaluate(job: TrainJob, out: str, partial: str, settings_hash: str, device: Any,
@@ -27,7 +36,7 @@ def train_and_evaluate(job: TrainJob, out: str, partial: str, settings_hash: str
     model = build_model(job.method, job.params, job.data.n_way).to(device)
     summary = meta_train(job, model, splits, out, partial, settings_hash, device, progress)
     scores = evaluate(job, model, splits, device, progress)
-    return {"method": job.method, "label": METHODS[job.method], "data_source": data_source_of(splits),
+    return {"method": job.method, "label": method_label(job), "data_source": data_source_of(splits),
             "stand_in_for": splits.stand_in_for, "n_way": job.data.n_way, "k_shot": job.data.k_shot,
             "k_query": job.data.k_query, "image_size": job.data.image_size, "split_seed": splits.seed,
             "train": {k: v for k, v in summary.items() if k != "history"}, "history": summary["history"], **scores}
