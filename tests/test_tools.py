@@ -29,12 +29,13 @@ def test_relative_spread_matches_closed_form():
 
 def test_jiio_meta_probe_reports_every_measurement_on_the_smoke_profile(capsys):
     probe = _load("jiio_meta_probe")
-    report = probe.main(["--profile", "smoke", "--params", str(ROOT / "params.yaml"), "--tasks", "2",
-                         "--adam-steps", "2", "--block-groups", "2"])
-    assert '"support_at_jiio_x"' in capsys.readouterr().out
-    assert report["groups"] == {"block_groups": 2}
-    assert math.isclose(report["chance_ce"], math.log(5))
-    assert len(report["z_change_for_random_x"]) == len(report["z_spread_over_images"]) == 2
-    for key in ("support_at_x0", "support_at_jiio_x", "support_at_adam_x"):
-        assert 0.0 <= report[key]["accuracy"] <= 1.0 and math.isfinite(report[key]["ce"])
-    assert report["z_change_for_random_x"][0] > 0  # the FiLM layers start non-zero, so x moves z*
+    for head in ("none", "task"):
+        report = probe.main(["--profile", "smoke", "--params", str(ROOT / "params.yaml"), "--tasks", "2",
+                             "--adam-steps", "2", "--block-groups", "2", "--pooled-norm", head])
+        assert '"support_at_jiio_x"' in capsys.readouterr().out
+        assert report["groups"] == {"block_groups": 2, "pooled_norm": head}
+        assert math.isclose(report["chance_ce"], math.log(5))
+        assert len(report["z_change_for_random_x"]) == len(report["z_spread_over_images"]) == 2
+        for key in ("support_at_x0", "support_at_jiio_x", "support_at_adam_x"):
+            assert 0.0 <= report[key]["accuracy"] <= 1.0 and math.isfinite(report[key]["ce"])
+        assert report["z_change_for_random_x"][0] > 0  # the FiLM layers start non-zero, so x moves z*

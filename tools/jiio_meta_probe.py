@@ -9,7 +9,8 @@ with other GroupNorm group counts), it reports:
 * the support cross-entropy and accuracy at x = 0, at JIIO's x* (the inner loop of spec B.2) and after
   ``--adam-steps`` Adam steps on x with no x penalty (can any x fit the support images?).
 
-Usage: ``python tools/jiio_meta_probe.py --profile embedded --tasks 20 [--block-groups 2 ...]``; prints JSON.
+Usage: ``python tools/jiio_meta_probe.py --profile embedded --tasks 20 [--pooled-norm none] [--block-groups 2 ...]``;
+prints JSON.
 The README's Table 6 paragraph quotes its output.
 """
 
@@ -51,13 +52,13 @@ def pooled_features(model: MDEQClassifier, z: Sequence[Tensor]) -> Tensor:
     return head.final(y).mean(dim=(2, 3))
 
 
-def support_fit(model: MDEQClassifier, z: Sequence[Tensor], labels: Tensor) -> dict[str, float]:
-    logits = model.logits(z)
+def support_fit(model: MDEQClassifier, z: Sequence[Tensor], labels: Tensor, tasks: int) -> dict[str, float]:
+    logits = model.logits(z, tasks)
     return {"ce": float(F.cross_entropy(logits, labels)), "accuracy": float((logits.argmax(1) == labels).float().mean())}
 
 
 def probe(profile: str, params_path: str, tasks: int, x_norm: float, adam_steps: int, adam_lr: float,
-          groups: dict[str, int], seed: int) -> dict[str, object]:
+          groups: dict[str, object], seed: int) -> dict[str, object]:
     """All measurements of the module docstring, as a JSON-able dictionary."""
     settings = get_task("jiio_meta").settings(resolve_profile(load_params(params_path), profile))
     job = settings.train("jiio_deq")
@@ -84,16 +85,18 @@ def probe(profile: str, params_path: str, tasks: int, x_norm: float, adam_steps:
             "z_spread_over_images": [relative_spread(b.flatten(1)) for b in z_zero],
             "pooled_change_for_random_x": relative_change(pooled_random, pooled_zero),
             "pooled_spread_over_images": relative_spread(pooled_zero),
-            "logit_change_for_random_x": float((model.logits(z_random) - model.logits(z_zero)).abs().mean()),
-            "support_at_x0": support_fit(model, z_zero, labels),
-            "support_at_jiio_x": support_fit(model, z_jiio, labels),
+            "logit_change_for_random_x": float((model.logits(z_random, n_tasks)
+                                                - model.logits(z_zero, n_tasks)).abs().mean()),
+            "support_at_x0": support_fit(model, z_zero, labels, n_tasks),
+            "support_at_jiio_x": support_fit(model, z_jiio, labels, n_tasks),
             "jiio_x_norm": float(x_jiio.norm(dim=1).mean()),
             "chance_ce": math.log(job.data.n_way),
         }
     adam = adam_task_vectors(model, images, labels, n_tasks, dataclasses.replace(config, task_l2=0.0),
                              steps=adam_steps, lr=adam_lr)
     with torch.no_grad():
-        report["support_at_adam_x"] = support_fit(model, query_equilibrium(model, images, adam.x, config), labels)
+        report["support_at_adam_x"] = support_fit(model, query_equilibrium(model, images, adam.x, config), labels,
+                                                  n_tasks)
     report["adam_x_norm"] = float(adam.x.norm(dim=1).mean())
     return report
 
@@ -109,8 +112,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     parser.add_argument("--seed", type=int, default=0)
     for name in ("block_groups", "fuse_groups", "post_fuse_groups"):
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=None, dest=name)
+    parser.add_argument("--pooled-norm", choices=("none", "task"), default=None, dest="pooled_norm",
+                        help="override the profile's head (none: the paper's GroupNorm head)")
     args = parser.parse_args(argv)
-    groups = {k: getattr(args, k) for k in ("block_groups", "fuse_groups", "post_fuse_groups")
+    groups = {k: getattr(args, k) for k in ("block_groups", "fuse_groups", "post_fuse_groups", "pooled_norm")
               if getattr(args, k) is not None}
     report = probe(args.profile, args.params, args.tasks, args.x_norm, args.adam_steps, args.adam_lr, groups,
                    args.seed)
