@@ -43,15 +43,6 @@ def relative_change(new: Tensor, old: Tensor) -> float:
     return float((new - old).norm() / old.norm().clamp_min(1e-12))
 
 
-def pooled_features(model: MDEQClassifier, z: Sequence[Tensor]) -> Tensor:
-    """The head's input to its final Linear: bottlenecks, merging chain, conv1x1 + GN + ReLU, global average pool."""
-    head = model.head
-    y = head.bottlenecks[0](z[0])
-    for i, down in enumerate(head.downsample):
-        y = down(y) + head.bottlenecks[i + 1](z[i + 1])
-    return head.final(y).mean(dim=(2, 3))
-
-
 def support_fit(model: MDEQClassifier, z: Sequence[Tensor], labels: Tensor, tasks: int) -> dict[str, float]:
     logits = model.logits(z, tasks)
     return {"ce": float(F.cross_entropy(logits, labels)), "accuracy": float((logits.argmax(1) == labels).float().mean())}
@@ -76,7 +67,7 @@ def probe(profile: str, params_path: str, tasks: int, x_norm: float, adam_steps:
         x_zero = torch.zeros_like(x_random)
         z_zero = query_equilibrium(model, images, x_zero, config)
         z_random = query_equilibrium(model, images, x_random, config)
-        pooled_zero, pooled_random = pooled_features(model, z_zero), pooled_features(model, z_random)
+        pooled_zero, pooled_random = model.head.pooled(z_zero), model.head.pooled(z_random)
         x_jiio = inner_loop(model, images, labels, n_tasks, config).x
         z_jiio = query_equilibrium(model, images, x_jiio, config)
         report: dict[str, object] = {
