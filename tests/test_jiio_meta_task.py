@@ -19,7 +19,10 @@ from deqbench.experiments.trainer import LoopSettings
 from deqbench.meta import module_params
 from deqbench.models.conv4 import Conv4
 from deqbench.tasks.jiio_meta.tables import build_table6, build_table7
-from deqbench.tasks.jiio_meta.training import _surrogate, interval, jiio_deq_model, trivial_answers
+from deqbench.tasks.jiio_meta.task import method_label
+from deqbench.tasks.jiio_meta.training import (
+    _surrogate, interval, jiio_deq_config, jiio_deq_model, trivial_answers,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,6 +62,7 @@ def test_paper_profile_has_the_spec_settings():
     ({"jiio_deq__model__block_groups": 7}, "block_groups"),
     ({"jiio_deq__inner__alpha_x_switch": 101}, "alpha_x_switch"),
     ({"timing__tasks": 601}, "timing.tasks"),
+    ({"jiio_deq__inner__train_iterations": 101}, "train_iterations"),
 ])
 def test_bad_settings_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -156,22 +160,40 @@ def test_table7_ratio(settings, tmp_path):
 
 def test_contractive_gain_makes_the_initial_solve_converge():
     """At PyTorch's init the embedded FiLM-MDEQ's solve stalls on the stand-in; the contractive gain starts f
-    contractive, so 18 Broyden iterations reach a much smaller residual (params.yaml, embedded profile)."""
+    contractive, so 18 Broyden iterations reach a much smaller residual (params.yaml, embedded profile; mean over
+    five initialisations, since single draws vary by 3x)."""
     from deqbench.core.deq import fixed_point
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     embedded = get_task("jiio_meta").settings(resolve_profile(params, "embedded")).params
     block = embedded.jiio_deq
     images = load_digits_meta(image_size=embedded.data.image_size).meta_train.images[0][:8].unsqueeze(1)
-    residuals = {}
-    for gain in (None, block.model.contractive_gain):
-        torch.manual_seed(0)
-        model = jiio_deq_model(dataclasses.replace(block, model=dataclasses.replace(block.model, contractive_gain=gain)), 5)
-        f = model.task_layer_fn(images)
-        x = torch.zeros(images.shape[0], model.config.task_dim)
-        stats: dict = {}
-        with torch.no_grad():
-            fixed_point(lambda z: f(z, x), model.z0(images), solver="broyden", max_iter=18, tol=0.0, stats=stats)
-        residuals[gain] = float(stats["forward"].residual.mean())
+    residuals: dict = {None: 0.0, block.model.contractive_gain: 0.0}
+    for seed in range(5):
+        for gain in residuals:
+            torch.manual_seed(seed)
+            model = jiio_deq_model(
+                dataclasses.replace(block, model=dataclasses.replace(block.model, contractive_gain=gain)), 5)
+            f = model.task_layer_fn(images)
+            x = torch.zeros(images.shape[0], model.config.task_dim)
+            stats: dict = {}
+            with torch.no_grad():
+                fixed_point(lambda z: f(z, x), model.z0(images), solver="broyden", max_iter=18, tol=0.0, stats=stats)
+            residuals[gain] += float(stats["forward"].residual.mean()) / 5
     assert block.model.contractive_gain is not None
-    assert residuals[block.model.contractive_gain] < 0.4 * residuals[None], residuals
+    assert residuals[block.model.contractive_gain] < 0.5 * residuals[None], residuals
+
+
+def test_meta_training_inner_loop_is_shortened_only_in_meta_steps():
+    """``inner.train_iterations`` shortens the inner loop of meta-training only, moves the switch of x's damping
+    proportionally, and the Table 6 row says so; evaluation keeps the paper's 100 iterations."""
+    s = _profile_with(jiio_deq__inner__train_iterations=40)
+    p = s.params.jiio_deq
+    train, test = jiio_deq_config(p, meta_training=True), jiio_deq_config(p)
+    assert (train.inner_iters, train.alpha_x_switch) == (40, 26)
+    assert (test.inner_iters, test.alpha_x_switch) == (100, 65)
+    assert "meta-trained with JIIO-40 inner loops, tested with JIIO-100" in method_label(s.train("jiio_deq"))
+    plain = _profile_with().params.jiio_deq
+    assert plain.inner.for_meta_training() is plain.inner
+    assert jiio_deq_config(plain, meta_training=True) == jiio_deq_config(plain)
+    assert "meta-trained with" not in method_label(_profile_with().train("jiio_deq"))

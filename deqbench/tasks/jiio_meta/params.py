@@ -83,6 +83,17 @@ class InnerParams:
     anderson_memory: PositiveInt  # 10
     anderson_type: Literal["I", "II"]  # paper I, code II (AMBIG-B3)
     task_l2: NonNegativeFloat  # the code's per-example mean x^2 term (B.2 [C]); 0 disables
+    # Meta-training only (not in the paper): JIIO iterations of the inner loop inside each meta-step; null: the
+    # paper's ``iterations``.  alpha_x_switch scales with it.  Evaluation and Table 7 always run ``iterations``.
+    train_iterations: PositiveInt | None = None
+
+    def for_meta_training(self) -> "InnerParams":
+        """The inner loop a meta-step runs: ``train_iterations`` iterations with the switch of the damping of x
+        moved proportionally (65 of 100 -> 26 of 40), or this loop unchanged."""
+        if self.train_iterations is None or self.train_iterations == self.iterations:
+            return self
+        switch = round(self.alpha_x_switch * self.train_iterations / self.iterations)
+        return dataclasses.replace(self, iterations=self.train_iterations, alpha_x_switch=switch)
 
 
 @dataclass(frozen=True)

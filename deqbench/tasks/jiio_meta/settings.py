@@ -131,6 +131,9 @@ def build_settings(info: ProfileInfo, params: JIIOMetaParams) -> JIIOMetaSetting
     if inner.alpha_x_switch > inner.iterations:
         raise ConfigError(f"{where}.jiio_deq.inner.alpha_x_switch: {inner.alpha_x_switch} is past the "
                           f"{inner.iterations} iterations")
+    if inner.train_iterations is not None and inner.train_iterations > inner.iterations:
+        raise ConfigError(f"{where}.jiio_deq.inner.train_iterations: {inner.train_iterations} exceeds the "
+                          f"{inner.iterations} iterations of evaluation (it shortens meta-training's inner loop)")
     if params.data.n_way < 2:
         raise ConfigError(f"{where}.data.n_way: a few-shot task needs at least 2 classes, got {params.data.n_way}")
     return JIIOMetaSettings(info, params)

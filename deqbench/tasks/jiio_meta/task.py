@@ -20,11 +20,18 @@ from deqbench.tasks.jiio_meta.training import (
 
 
 def method_label(job: TrainJob) -> str:
-    """The Table 6 row name; a JIIO-DEQ whose head standardises its pooled features per task says so."""
+    """The Table 6 row name; a JIIO-DEQ says where it departs from the paper: a head that standardises its pooled
+    features per task, a shorter inner loop during meta-training."""
     label = METHODS[job.method]
-    if isinstance(job.params, JIIODEQParams) and job.params.model.pooled_norm == "task":
-        label += " (pooled head features standardised per task: transductive, not in the paper)"
-    return label
+    if not isinstance(job.params, JIIODEQParams):
+        return label
+    notes = []
+    if job.params.model.pooled_norm == "task":
+        notes.append("pooled head features standardised per task: transductive, not in the paper")
+    inner = job.params.inner
+    if inner.for_meta_training() is not inner:
+        notes.append(f"meta-trained with JIIO-{inner.train_iterations} inner loops, tested with JIIO-{inner.iterations}")
+    return label + "".join(f" ({n})" for n in notes)
 
 
 def train_and_evaluate(job: TrainJob, out: str, partial: str, settings_hash: str, device: Any,

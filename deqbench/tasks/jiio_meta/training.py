@@ -93,9 +93,10 @@ def jiio_deq_model(p: JIIODEQParams, n_way: int) -> MDEQClassifier:
     return model
 
 
-def jiio_deq_config(p: JIIODEQParams) -> JIIODEQConfig:
-    """The library settings of the inner loop, query solve and outer loss (spec B.2, B.4)."""
-    i, q = p.inner, p.query
+def jiio_deq_config(p: JIIODEQParams, meta_training: bool = False) -> JIIODEQConfig:
+    """The library settings of the inner loop, query solve and outer loss (spec B.2, B.4); ``meta_training``: the
+    inner loop of a meta-step (``inner.train_iterations``, see :meth:`InnerParams.for_meta_training`)."""
+    i, q = (p.inner.for_meta_training() if meta_training else p.inner), p.query
     return JIIODEQConfig(
         inner_iters=i.iterations, alpha=tuple(i.alpha), alpha_x_late=i.alpha_x_late, alpha_x_switch=i.alpha_x_switch,
         anderson_memory=i.anderson_memory, anderson_type=i.anderson_type, task_l2=i.task_l2,
@@ -140,7 +141,7 @@ def step_function(job: TrainJob, model: nn.Module, sampler: TaskSampler, device:
         return _to(stack_tasks(sampler.tasks(step * batch, batch)), device)
 
     if job.method == "jiio_deq":
-        config = jiio_deq_config(p)
+        config = jiio_deq_config(p, meta_training=True)
 
         def jiio_step(step: int) -> StepOutput:
             support, query = tasks(step)
