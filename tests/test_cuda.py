@@ -116,3 +116,73 @@ def test_full_capture_in_pgd_with_implicit_backward():
         out[mode] = pgd(model.layer_fn(images), model.cost_fn(labels), model.z0(images), torch.zeros_like(images),
                         steps=3, forward=fwd, backward_options=bwd)
     assert torch.allclose(out["full"].x, out["off"].x, rtol=1e-3, atol=1e-4)
+    assert torch.allclose(out["full"].cost, out["off"].cost, rtol=1e-3, atol=1e-4)
+    # the forward graph (f included, reading the static injection) and the adjoint's bookkeeping graph are each
+    # captured once and replayed in the two later steps
+    info = out["full"].info
+    assert info["split_injection"] and (info["graph_workspaces"], info["graph_reuses"]) == (2, 4)
+
+
+@pytest.mark.parametrize("mode", ["auto", "full"])
+def test_graph_cache_replays_match_fresh_solves_without_syncs(mode):
+    from deqbench.core.graphs import GraphCache
+
+    torch.backends.cudnn.deterministic = True
+    layer = ConvLayer(16, expansion=2).cuda()
+    cache = GraphCache()
+    injection = cache.static("injection", torch.randn(6, 16, 12, 12, device="cuda"))
+
+    def f(z):  # one callable reading the static injection: a "full" graph of it may be replayed
+        return layer(z, injection)
+
+    fresh, cached = [], []
+    for seed in range(3):
+        new_injection = torch.randn(6, 16, 12, 12, device="cuda", generator=torch.Generator("cuda").manual_seed(seed))
+        z0 = torch.zeros_like(new_injection)
+        fresh.append(solve(lambda z: layer(z, new_injection), z0, method="anderson", max_iter=12, tol=0,
+                           cuda_graph="off", m=5))
+        cache.static("injection", new_injection)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            cached.append(solve(f, z0, method="anderson", max_iter=12, tol=0, cuda_graph=mode, graph_cache=cache, m=5))
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert (cache.captures, cache.reuses) == (1, 2)
+    for a, b in zip(cached, fresh):
+        assert torch.allclose(a.z, b.z, rtol=1e-4, atol=1e-5)
+        assert torch.equal(a.best_iteration, b.best_iteration)
+
+
+def test_full_graph_of_another_f_is_not_replayed():
+    from deqbench.core.graphs import GraphCache
+
+    torch.backends.cudnn.deterministic = True
+    f1, z0 = _conv_problem()
+    f2, _ = _conv_problem()
+    cache = GraphCache()
+    first = solve(f1, z0, method="broyden", max_iter=10, tol=0, cuda_graph="full", graph_cache=cache, memory=5)
+    second = solve(f2, z0, method="broyden", max_iter=10, tol=0, cuda_graph="full", graph_cache=cache, memory=5)
+    expected = solve(f2, z0, method="broyden", max_iter=10, tol=0, cuda_graph="off", memory=5)
+    assert (cache.captures, cache.reuses) == (2, 0)
+    assert torch.allclose(second.z, expected.z, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(first.z, second.z)
+
+
+def test_graph_cache_solves_do_not_leak_memory():
+    from deqbench.core.graphs import GraphCache
+
+    f, z0 = _conv_problem()
+    cache = GraphCache()
+    for _ in range(3):
+        solve(f, z0, method="anderson", max_iter=10, tol=0, cuda_graph="full", graph_cache=cache, m=5)
+        solve(f, z0, method="broyden", max_iter=10, tol=0, cuda_graph="auto", graph_cache=cache, memory=5)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
+    for _ in range(50):
+        solve(f, z0, method="anderson", max_iter=10, tol=0, cuda_graph="full", graph_cache=cache, m=5)
+        solve(f, z0, method="broyden", max_iter=10, tol=0, cuda_graph="auto", graph_cache=cache, memory=5)
+    torch.cuda.synchronize()
+    assert cache.captures == 2
+    assert torch.cuda.memory_allocated() - before[0] < 16 * 2**20
+    assert torch.cuda.memory_reserved() - before[1] < 16 * 2**20

@@ -25,6 +25,7 @@ from typing import Any, Callable, Literal
 import torch
 from torch import Tensor
 
+from deqbench.core.graphs import GraphCache
 from deqbench.core.solvers import SolverResult, make_solver, solve
 from deqbench.core.state import State, StateSpec, flat_map, spec_of
 
@@ -114,8 +115,9 @@ def solve_adjoint(
     grad: Tensor,
     cfg: BackwardConfig,
     init: Tensor | None = None,
+    graph_cache: GraphCache | None = None,
 ) -> tuple[Tensor, SolverResult | None]:
-    """Solve w = J^T w + grad (IFT) or sum the truncated Neumann series."""
+    """Solve w = J^T w + grad (IFT) or sum the truncated Neumann series; ``graph_cache`` as in :func:`solve`."""
     if cfg.mode == "neumann":
         w, term = grad, grad
         for _ in range(cfg.order):
@@ -134,6 +136,7 @@ def solve_adjoint(
         # The VJP replays a graph that autograd recorded outside any capture, on the stream of the forward
         # pass, so it cannot join a capture on the side stream: at most the bookkeeping is captured.
         cuda_graph="auto" if cfg.cuda_graph == "full" else cfg.cuda_graph,  # type: ignore[arg-type]
+        graph_cache=graph_cache,
         **cfg.solver_options,
     )
     return result.z, result  # type: ignore[return-value]
@@ -145,11 +148,13 @@ def attach_gradient(
     cfg: BackwardConfig,
     adjoint_init: Callable[[Tensor], Tensor | None] | None = None,
     stats: dict[str, Any] | None = None,
+    graph_cache: GraphCache | None = None,
 ) -> Tensor:
     """Return z* (B, D) attached to the graph of ``f_flat`` according to ``cfg``.
 
     ``adjoint_init(g)`` may return a warm start for the adjoint solve.
     ``stats``, if given, receives the adjoint ``SolverResult`` under ``"backward"``.
+    ``graph_cache`` is handed to the adjoint solve (:func:`solve`).
     """
     z_star = z_star.detach()
     if cfg.mode == "none":
@@ -165,7 +170,7 @@ def attach_gradient(
 
     def adjoint(grad: Tensor) -> Tensor:
         init = adjoint_init(grad) if adjoint_init is not None else None
-        w, result = solve_adjoint(vjp, grad, cfg, init)
+        w, result = solve_adjoint(vjp, grad, cfg, init, graph_cache)
         if stats is not None and result is not None:
             stats["backward"] = result
         return w
@@ -187,6 +192,8 @@ def fixed_point(
     adjoint_init: State | Callable[[State], State] | None = None,
     stats: dict[str, Any] | None = None,
     cuda_graph: str = "auto",
+    graph_cache: GraphCache | None = None,
+    forward_fn: Callable[[State], State] | None = None,
 ) -> State:
     """Equilibrium z* = f(z*) of ``f`` from ``z0``; differentiable when grad is enabled.
 
@@ -203,12 +210,18 @@ def fixed_point(
     ``stats``, if given, receives ``"forward"`` (the forward ``SolverResult``)
     and, after backward, ``"backward"`` (the adjoint solve's result).
     ``cuda_graph`` ("auto", "full", "off") applies to the forward solve; the
-    adjoint solve takes its own from ``backward_options``.
+    adjoint solve takes its own from ``backward_options``.  ``graph_cache``
+    (:class:`deqbench.core.graphs.GraphCache`) lets both solves reuse the
+    workspaces and graphs of earlier calls of the same shapes.
+    ``forward_fn``, if given, is iterated by the forward solve instead of f:
+    it must compute the same map (for example reading its input from a
+    :meth:`GraphCache.static` buffer, so that a ``"full"`` graph can be reused),
+    while f, in the caller's grad mode, attaches the gradient.
     """
     cfg = BackwardConfig.build(backward, backward_options)
     spec = spec_of(z0)
     result = solve(
-        f,
+        f if forward_fn is None else forward_fn,
         z0,
         method=solver,
         max_iter=max_iter,
@@ -216,6 +229,7 @@ def fixed_point(
         stop_mode=stop_mode,  # type: ignore[arg-type]
         check_every=check_every,
         cuda_graph=cuda_graph,  # type: ignore[arg-type]
+        graph_cache=graph_cache,
         **(solver_options or {}),
     )
     if stats is not None:
@@ -224,7 +238,7 @@ def fixed_point(
         return result.z
     z_flat = spec.flatten(result.z)
     init_fn = _adjoint_init_fn(adjoint_init, spec)
-    attached = attach_gradient(flat_map(f, spec), z_flat, cfg, init_fn, stats)
+    attached = attach_gradient(flat_map(f, spec), z_flat, cfg, init_fn, stats, graph_cache)
     return spec.unflatten(attached)
 
 

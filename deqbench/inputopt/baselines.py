@@ -7,24 +7,43 @@ per-sample cost (B,) to minimise.  Nothing here synchronises with the host:
 the solves run a fixed number of iterations by default (``tol=0``).  An
 optional ``on_iteration`` hook (:mod:`deqbench.inputopt.tracing`) is called
 after each step with the cost at z*(x_k), the equilibrium of that step's input.
+
+On CUDA all solves of one call share a :class:`~deqbench.core.graphs.GraphCache`,
+so each kind of solve (forward, adjoint) captures its graph once per call and
+replays it in every later step, as JIIO captures its one solve once.  A forward
+solve whose graph includes f (``cuda_graph="full"``) is reused only when f is a
+:class:`SplitLayerFn`: its injection is then computed once per step into a
+static buffer that the captured ``layer`` reads.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
 from deqbench.core.deq import fixed_point
+from deqbench.core.graphs import GraphCache, graph_mode
 from deqbench.inputopt.projections import make_projection
 from deqbench.inputopt.tracing import IterationHook, active_hook
 from deqbench.core.state import State, detach_state, spec_of
 
 LayerFn = Callable[[State, State], State]
 CostFn = Callable[[State], Tensor]
+
+
+@runtime_checkable
+class SplitLayerFn(Protocol):
+    """f(z, x) = layer(z, inject(x)) with its two parts exposed (e.g. :class:`deqbench.models.mdeq.InjectedLayer`)."""
+
+    def __call__(self, z: State, x: State) -> State: ...
+
+    def inject(self, x: Tensor) -> State: ...
+
+    def layer(self, z: State, injection: State) -> State: ...
 
 DEFAULT_FORWARD: dict[str, Any] = {"solver": "broyden", "max_iter": 18, "tol": 0.0}
 DEFAULT_BACKWARD: dict[str, Any] = {"method": "broyden", "max_iter": 20, "tol": 0.0}
@@ -83,13 +102,23 @@ def _optimise(
     best_cost = torch.full((batch,), math.inf, device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
     best_iter = torch.zeros(batch, dtype=torch.long, device=x.device)
     trace = torch.full((batch, steps), math.nan, device=x.device, dtype=best_cost.dtype)
+    cache = GraphCache()
+    full_forward = graph_mode(fwd.get("cuda_graph", "auto"), x.device) == "full"
+    split = full_forward and isinstance(f, SplitLayerFn)
+    if split:
+        def forward_fn(zz: State) -> State:  # one callable for every step: its "full" graph is captured once
+            return f.layer(zz, cache.statics["injection"])
     nfe = 0
     for k in range(steps):
         with torch.enable_grad():
             x_req = x.detach().requires_grad_()
             x_state = xspec.unflatten(x_req)
             stats: dict[str, Any] = {}
-            z = fixed_point(lambda zz: f(zz, x_state), z_init, backward="ift", backward_options=bwd, stats=stats, **fwd)
+            if split:
+                with torch.no_grad():
+                    cache.static("injection", f.inject(x_state))
+            z = fixed_point(lambda zz: f(zz, x_state), z_init, backward="ift", backward_options=bwd, stats=stats,
+                            graph_cache=cache, forward_fn=forward_fn if split else None, **fwd)
             c = cost(z)
             (g,) = torch.autograd.grad(c.sum(), x_req)
         nfe += stats["forward"].nfe
@@ -116,7 +145,8 @@ def _optimise(
         best_iteration=best_iter,
         nfe=nfe,
         trace_cost=trace,
-        info={"method": name, "forward": fwd, "backward": bwd, "warm_start": warm_start},
+        info={"method": name, "forward": fwd, "backward": bwd, "warm_start": warm_start,
+              "graph_workspaces": cache.captures, "graph_reuses": cache.reuses, "split_injection": split},
     )
 
 

@@ -209,20 +209,30 @@ class MDEQConfig:
 # ----------------------------------------------------------------------------- building blocks
 
 
-def injection_cached(inject: Callable[[Tensor], Any], layer: Callable[[Any, Any], Any]) -> Callable[[Any, Tensor], Any]:
+class InjectedLayer:
     """f(z, x) = layer(z, inject(x)) that recomputes ``inject(x)`` only when ``x`` changes (another tensor, an
     in-place update, or another grad mode): a forward solve at fixed x computes it once, as a plain DEQ does, while
     JIIO, whose x moves every iteration, recomputes it every call.  The cache holds x itself, so its ``id`` cannot be
-    reused by a new tensor while it is cached."""
-    cache: dict[str, Any] = {}
+    reused by a new tensor while it is cached.  ``inject`` and ``layer`` stay visible, so a baseline can compute the
+    injection itself and iterate ``layer`` on a static copy (CUDA-graph reuse, :class:`deqbench.core.graphs.GraphCache`;
+    the protocol :class:`deqbench.inputopt.baselines.SplitLayerFn`)."""
 
-    def f(z: Any, x: Tensor) -> Any:
+    def __init__(self, inject: Callable[[Tensor], Any], layer: Callable[[Any, Any], Any]):
+        self.inject, self.layer = inject, layer
+        self._x: Tensor | None = None
+        self._key: tuple[int, bool] | None = None
+        self._injection: Any = None
+
+    def __call__(self, z: Any, x: Tensor) -> Any:
         key = (x._version, torch.is_grad_enabled())
-        if cache.get("x") is not x or cache.get("key") != key:
-            cache.update(x=x, key=key, injection=inject(x))
-        return layer(z, cache["injection"])
+        if self._x is not x or self._key != key:
+            self._x, self._key, self._injection = x, key, self.inject(x)
+        return self.layer(z, self._injection)
 
-    return f
+
+def injection_cached(inject: Callable[[Tensor], Any], layer: Callable[[Any, Any], Any]) -> InjectedLayer:
+    """f(z, x) = layer(z, inject(x)) computing the injection once per distinct x (:class:`InjectedLayer`)."""
+    return InjectedLayer(inject, layer)
 
 
 def _conv3x3(cin: int, cout: int, stride: int = 1, bias: bool = False) -> nn.Conv2d:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Callable, ClassVar, Literal
 
 import torch
 from torch import Tensor
 
-from deqbench.core.graphs import GraphMode, StepRunner, graph_mode
+from deqbench.core.graphs import GraphCache, GraphMode, StepRunner, graph_mode
 from deqbench.core.state import State, flat_map, spec_of
 from deqbench.core.watch import active_watch, first_nonfinite_iteration
 
@@ -124,6 +124,82 @@ class ResidualTracker:
         self.k.add_(1)
         return better
 
+    def reset(self, x0: Tensor) -> None:
+        """Start a new solve from ``x0`` in the same buffers (for graph reuse, :class:`GraphCache`)."""
+        self.k.zero_()
+        self.best_residual.fill_(math.inf)
+        self.best_iteration.zero_()
+        self.best_x.copy_(x0)
+        self.trace.fill_(math.nan)
+
+
+def reset_solver_state(solver: FixedPointSolver, state: Any, x0: Tensor) -> None:
+    """Overwrite ``state`` in place with ``solver.init(x0)``, field by field, so graphs reading it stay valid."""
+    if state is None:
+        return
+    fresh = solver.init(x0)
+    if not is_dataclass(state):
+        raise TypeError(f"{type(solver).__name__}.init must return None or a dataclass of tensors to be reused")
+    for f in fields(state):
+        held = getattr(state, f.name)
+        if isinstance(held, Tensor):
+            held.copy_(getattr(fresh, f.name))
+
+
+class SolveWorkspace:
+    """The buffers one solve mutates (iterate, its image, solver state, tracker) and the runner of its
+    iteration; reused by later solves of the same signature through a :class:`GraphCache`."""
+
+    def __init__(self, solver: FixedPointSolver, fn: Callable[[Tensor], Tensor], f: Callable, x0: Tensor,
+                 max_iter: int, stop_mode: StopMode, mode: str):
+        self.solver = solver
+        self.f = f  # the caller's map, held so that its identity stays unique while a "full" graph contains it
+        self.x = x0.detach().clone()  # the current iterate, updated in place
+        self.fx = torch.empty_like(self.x)
+        self.state = solver.init(self.x)
+        self.tracker = ResidualTracker(self.x, max_iter, stop_mode)
+        self.stop_mode = stop_mode
+        self.full = mode == "full"
+        self.fn = fn  # only the "full" graph calls it; other modes evaluate the current solve's f outside
+        self.busy = False
+        self.runner = StepRunner(self.iteration if self.full else self.bookkeeping, mode != "off", self.x.device)
+
+    def bookkeeping(self) -> None:
+        """Record the residual of the current iterate and take the solver's step (eq. of the chosen method)."""
+        x, fx, tracker = self.x, self.fx, self.tracker
+        g = fx - x
+        tracker.record(x, relative_residual(fx, g, tracker.trace.dtype, self.stop_mode))
+        x.copy_(self.solver.step(self.state, x, fx, g))
+
+    def iteration(self) -> None:
+        self.fx.copy_(self.fn(self.x))
+        self.bookkeeping()
+
+    def restart(self, x0: Tensor) -> None:
+        """Begin a new solve from ``x0`` in the same buffers."""
+        self.x.copy_(x0)
+        reset_solver_state(self.solver, self.state, self.x)
+        self.tracker.reset(self.x)
+
+
+def _workspace(solver: FixedPointSolver, fn: Callable[[Tensor], Tensor], f: Callable, x0: Tensor, max_iter: int,
+               stop_mode: StopMode, mode: str, cache: GraphCache | None) -> tuple[SolveWorkspace, bool]:
+    """A workspace for this solve, from ``cache`` when one of the same signature is free; ``(ws, from_cache)``."""
+    if cache is None:
+        return SolveWorkspace(solver, fn, f, x0, max_iter, stop_mode, mode), False
+    key = (repr(solver), tuple(x0.shape), x0.dtype, x0.device, max_iter, stop_mode, mode)
+    ws = cache.workspaces.get(key)
+    # A "full" graph contains f: only a solve of the same f may replay it; another f replaces the workspace.
+    if ws is None or (ws.full and ws.f is not f and not ws.busy):
+        ws = cache.workspaces[key] = SolveWorkspace(solver, fn, f, x0, max_iter, stop_mode, mode)
+        cache.captures += 1
+        return ws, True
+    if ws.busy:  # a solve nested in another's f: never share the outer solve's buffers
+        return SolveWorkspace(solver, fn, f, x0, max_iter, stop_mode, mode), False
+    ws.restart(x0)
+    cache.reuses += 1
+    return ws, True
+
 
 def solve(
     f: Callable[[State], State],
@@ -134,6 +210,7 @@ def solve(
     stop_mode: StopMode = "rel",
     check_every: int = 8,
     cuda_graph: GraphMode | bool = "auto",
+    graph_cache: GraphCache | None = None,
     **method_options: Any,
 ) -> SolverResult:
     """Find z with z = f(z), batched, without host synchronisation inside the iteration.
@@ -144,7 +221,9 @@ def solve(
     and runs exactly ``max_iter`` evaluations.  On CUDA the per-iteration
     bookkeeping is replayed as a CUDA graph (``cuda_graph="auto"``), or the
     whole iteration including f (``"full"``, for capturable f; see
-    :mod:`deqbench.core.graphs`).  Gradients are not tracked.
+    :mod:`deqbench.core.graphs`).  ``graph_cache`` lets a sequence of solves of
+    the same shapes reuse one workspace and its captured graph
+    (:class:`deqbench.core.graphs.GraphCache`).  Gradients are not tracked.
     """
     check_positive_int("max_iter", max_iter)
     check_positive_int("check_every", check_every)
@@ -158,47 +237,42 @@ def solve(
     watch = active_watch()
     if watch is not None:
         fn = watch.poison(fn)
+        graph_cache = None  # fault injection wraps f anew in every solve
     with torch.no_grad():
-        x = spec.flatten(z0).detach().clone()  # the current iterate, updated in place
-        fx = torch.empty_like(x)
-        state = solver.init(x)
-        tracker = ResidualTracker(x, max_iter, stop_mode)
-
-        def bookkeeping() -> None:
-            g = fx - x
-            tracker.record(x, relative_residual(fx, g, tracker.trace.dtype, stop_mode))
-            x.copy_(solver.step(state, x, fx, g))
-
-        def iteration() -> None:
-            fx.copy_(fn(x))
-            bookkeeping()
-
-        mode = graph_mode(cuda_graph, x.device)
-        full = mode == "full"
-        runner = StepRunner(iteration if full else bookkeeping, mode != "off", x.device)
-        nfe = 0
-        for k in range(max_iter):
-            nfe += 1
-            if k + 1 == max_iter:
-                fx.copy_(fn(x))
-                tracker.record(x, relative_residual(fx, fx - x, tracker.trace.dtype, stop_mode))
-                break
-            if not full:
-                fx.copy_(fn(x))
-            runner()
-            if tol > 0 and (k + 1) % check_every == 0:
-                if bool((tracker.best_residual <= tol).all()):  # the only host sync, every check_every steps
+        mode = graph_mode(cuda_graph, spec.flatten(z0).device)
+        ws, cached = _workspace(solver, fn, f, spec.flatten(z0).detach(), max_iter, stop_mode, mode, graph_cache)
+        x, fx, tracker = ws.x, ws.fx, ws.tracker
+        ws.busy = True
+        try:
+            nfe = 0
+            for k in range(max_iter):
+                nfe += 1
+                if k + 1 == max_iter:
+                    fx.copy_(fn(x))
+                    tracker.record(x, relative_residual(fx, fx - x, tracker.trace.dtype, stop_mode))
                     break
+                if not ws.full:
+                    fx.copy_(fn(x))
+                ws.runner()
+                if tol > 0 and (k + 1) % check_every == 0:
+                    if bool((tracker.best_residual <= tol).all()):  # the only host sync, every check_every steps
+                        break
+        finally:
+            ws.busy = False
         nonfinite = first_nonfinite_iteration(tracker.trace, nfe) if watch is not None else None
+        outputs = (tracker.best_x, tracker.best_residual, tracker.trace, tracker.best_iteration)
+        if cached:  # the next solve overwrites the workspace
+            outputs = tuple(t.clone() for t in outputs)
+        best_x, best_residual, trace, best_iteration = outputs
     if watch is not None and nonfinite is not None:
         watch.observe(nonfinite)
     return SolverResult(
-        z=spec.unflatten(tracker.best_x),
-        residual=tracker.best_residual,
-        converged=tracker.best_residual <= tol,
+        z=spec.unflatten(best_x),
+        residual=best_residual,
+        converged=best_residual <= tol,
         nfe=nfe,
-        trace=tracker.trace,
-        best_iteration=tracker.best_iteration,
+        trace=trace,
+        best_iteration=best_iteration,
         nonfinite_iteration=nonfinite,
         method=getattr(solver, "name", str(method)),
     )
