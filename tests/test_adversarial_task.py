@@ -235,6 +235,7 @@ def test_table2_times_both_methods_at_equal_engineering_with_their_counts(adv, d
     assert (pgd["f_evals"], pgd["vjps"], pgd["injections"]) == (steps * (fwd + 1), steps * (bwd + 1), 2 * steps)
     assert (jio["f_evals"], jio["vjps"]) == (job.attack.jio.iterations,) * 2
     assert pgd["pgd_over_jio"] == jio["pgd_over_jio"] > 0
+    assert pgd["graph_captures"] == jio["graph_captures"] == 0  # eager: no graphs
 
 
 def test_attacks_compute_the_stem_injection_as_counted(adv, data):

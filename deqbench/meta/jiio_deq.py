@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from deqbench.core.deq import fixed_point
+from deqbench.core.graphs import GraphCache
 from deqbench.core.jacobian import hutchinson_jacobian_loss
 from deqbench.core.norms import reset_norms
 from deqbench.core.state import spec_of
@@ -375,6 +376,7 @@ def adam_task_vectors(
     trace = x.new_full((n_tasks, steps), math.nan)
     bwd = {"method": "broyden", "max_iter": backward_max_iter, "tol": 0.0}
     f_evals = vjps = 0
+    cache = GraphCache()  # every step's forward and adjoint solves replay the graphs of the first step
     with torch.no_grad():
         f = model.task_layer_fn(support_images)  # weights and injection fixed: gradients go to x only
     ce_cost = model.task_cost_fn(support_labels, scale=scale, tasks=n_tasks)
@@ -384,7 +386,7 @@ def adam_task_vectors(
         with torch.enable_grad():
             x_req = x.detach().requires_grad_()
             z = fixed_point(lambda zz: f(zz, x_req), z0, solver=forward_solver, max_iter=forward_max_iter, tol=0.0,
-                            backward="ift", backward_options=bwd, stats=stats)
+                            backward="ift", backward_options=bwd, stats=stats, graph_cache=cache)
             per_sample = ce_cost(z) + l2 * model.broadcast_task(x_req, support_images.shape[0]).pow(2).mean(1)
             c = per_sample.view(n_tasks, per_task).sum(1)
             (g,) = torch.autograd.grad(c.sum(), x_req)

@@ -35,7 +35,7 @@ from deqbench.experiments.registry import Job
 from deqbench.experiments.runtime import DivergenceError, data_source_label, seed_everything, sync
 from deqbench.experiments.settings import settings_hash, to_plain
 from deqbench.experiments.trainer import EpochBatches, LoopSettings, StepOutput, fit
-from deqbench.inputopt.baselines import pgd
+from deqbench.inputopt.baselines import InputOptResult, pgd
 from deqbench.inputopt.jiio import JIIOResult, jiio
 from deqbench.models.mdeq import MDEQClassifier
 from deqbench.tasks.jiio_adversarial.settings import (
@@ -85,15 +85,20 @@ def equilibrium(model: MDEQClassifier, images: Tensor, net: Network, stats: dict
 # ----------------------------------------------------------------------------- attacks
 
 
+def pgd_attack(model: MDEQClassifier, images: Tensor, labels: Tensor, net: Network, attack: PGDParams,
+               eps: float, scale: float = 1.0) -> InputOptResult:
+    """PGD on the L2 (or Linf) ball of radius ``scale * eps`` with steps ``scale * step_size``: every step a full
+    MDEQ solve plus implicit backward (their CUDA graphs captured once per call and replayed in later steps)."""
+    return pgd(model.layer_fn(images), model.cost_fn(labels), model.z0(images), torch.zeros_like(images),
+               steps=attack.steps, step_size=scale * attack.step_size, projection=attack.norm, eps=scale * eps,
+               normalized_step=True, forward=net.solver.forward_kwargs(net.cuda_graph),
+               backward_options=net.solver.backward_options(net.cuda_graph))
+
+
 def pgd_perturbation(model: MDEQClassifier, images: Tensor, labels: Tensor, net: Network, attack: PGDParams,
                      eps: float, scale: float = 1.0) -> Tensor:
-    """PGD on the L2 (or Linf) ball of radius ``scale * eps`` with steps ``scale * step_size``: every step a full
-    MDEQ solve plus implicit backward."""
-    result = pgd(model.layer_fn(images), model.cost_fn(labels), model.z0(images), torch.zeros_like(images),
-                 steps=attack.steps, step_size=scale * attack.step_size, projection=attack.norm, eps=scale * eps,
-                 normalized_step=True, forward=net.solver.forward_kwargs(net.cuda_graph),
-                 backward_options=net.solver.backward_options(net.cuda_graph))
-    return result.x.detach()
+    """The perturbation found by :func:`pgd_attack`."""
+    return pgd_attack(model, images, labels, net, attack, eps, scale).x.detach()
 
 
 def jio_attack(model: MDEQClassifier, images: Tensor, labels: Tensor, net: Network, attack: JIOAttack, eps: float,
@@ -266,7 +271,8 @@ def nominal_counts(job: TimingJob) -> dict[str, dict[str, int]]:
 
 def time_attacks(job: TimingJob, data: dict[str, Any], device: torch.device, progress: bool = True) -> list[dict[str, Any]]:
     """ms per example to compute one adversarial example with PGD and with JIO, timed side by side at each
-    engineering level (:func:`engineering_levels`), with the f / VJP counts of each method.
+    engineering level (:func:`engineering_levels`), with the f / VJP counts of each method and the CUDA graphs each
+    captures per call (PGD reuses its forward and adjoint graphs across steps, JIIO has one solve).
 
     The model is freshly initialised (seed 0): both attacks run fixed iteration counts, so their cost does not
     depend on the weights.  Each repeat times PGD then JIO with device synchronisation; medians are reported.
@@ -283,8 +289,12 @@ def time_attacks(job: TimingJob, data: dict[str, Any], device: torch.device, pro
         for batch in cfg.batch_sizes:
             images, labels = images_all[:batch].to(device), labels_all[:batch].to(device)
 
+            graphed = engineering == "graphed"
+            captures = {"pgd": 0, "jio": 1 if graphed else 0}  # JIIO: one solve, one graph per call
+
             def run_pgd() -> None:
-                pgd_perturbation(model, images, labels, net, job.attack.pgd, eps, scale)
+                result = pgd_attack(model, images, labels, net, job.attack.pgd, eps, scale)
+                captures["pgd"] = result.info["graph_workspaces"] if graphed else 0  # one graph per workspace
 
             def run_jio() -> None:
                 with torch.no_grad():
@@ -305,6 +315,7 @@ def time_attacks(job: TimingJob, data: dict[str, Any], device: torch.device, pro
             for name, iterations in (("pgd", job.attack.pgd.steps), ("jio", job.attack.jio.iterations)):
                 rows.append({"method": name, "iterations": iterations, "engineering": engineering,
                              "batch_size": len(labels), "eps_used": scale * eps, **counts[name],
+                             "graph_captures": captures[name],
                              "ms_per_call": 1e3 * med[name], "ms_per_example": 1e3 * med[name] / len(labels),
                              "repeats": cfg.repeats, "samples_ms": [1e3 * s for s in samples[name]],
                              "pgd_over_jio": med["pgd"] / med["jio"]})
