@@ -182,6 +182,35 @@ def test_flip_augmentation_differs_between_batches_of_an_epoch(faces, tmp_path, 
     assert 5 < sum(first) < 35 and first != second
 
 
+def test_pca_reference_decodes_codes_in_its_span_exactly_and_projects_full_observations():
+    """The linear reference of Table 4: least squares on the observed pixels recovers any image in mean + span(V)
+    from a partial observation, and with every pixel observed it is the orthogonal projection."""
+    gen_ = torch.Generator().manual_seed(0)
+    train = torch.rand(30, 1, 8, 8, generator=gen_) * 2 - 1
+    mean, basis = methods.pca_basis(train, 5)
+    assert basis.shape == (5, 64)
+    assert torch.allclose(basis @ basis.T, torch.eye(5), atol=1e-5)
+    inside = mean + (torch.randn(3, 5, generator=gen_) @ basis).view(3, 1, 8, 8)
+    mask = torch.ones(3, 1, 8, 8)
+    mask[:, :, 2:6, 2:6] = 0  # a 4x4 window unobserved
+    observed = inside * mask
+    assert torch.allclose(methods.pca_reconstruct(mean, basis, observed, mask), inside, atol=1e-4)
+    y = torch.rand(3, 1, 8, 8, generator=gen_)
+    projected = mean.reshape(1, -1) + (y - mean).reshape(3, -1) @ basis.T @ basis
+    assert torch.allclose(methods.pca_reconstruct(mean, basis, y, None).reshape(3, -1), projected, atol=1e-5)
+
+
+def test_pca_reference_row_is_computed_from_the_training_faces(gen, faces):
+    job = cell_job(gen, "table4", "ref_pca", "denoise0.2")
+    assert job.arch is None and job.method.kind == "pca_projection"
+    assert job.method.components == gen.params.generator.latent_dim
+    cell = task.evaluate_cell(job, None, None, faces, CPU, progress=False)
+    mean = task.evaluate_cell(cell_job(gen, "table4", "ref_mean_image", "denoise0.2"), None, None, faces, CPU, False)
+    assert cell["median_psnr_01"] > mean["median_psnr_01"] + 1  # a latent-size linear decoder beats the mean face
+    inpaint = task.evaluate_cell(cell_job(gen, "table4", "ref_pca", "inpaint20"), None, None, faces, CPU, False)
+    assert inpaint["composite"]["median_psnr_01"] >= inpaint["median_psnr_01"] - 1e-6
+
+
 def test_trivial_answer_rows_need_no_model_and_match_direct_psnr(gen, faces):
     """Table 4's reference rows: the observation returned unchanged and the mean training image, scored exactly like
     the models (and the inpainting composite that keeps the observed pixels)."""

@@ -145,6 +145,29 @@ def _(solve: EncoderSolve, model: nn.Module, observed: Tensor, mask: Tensor | No
         return model.reconstruct(observed, solve.solver.forward_kwargs())
 
 
+def pca_basis(train: Tensor, components: int) -> tuple[Tensor, Tensor]:
+    """Mean image (1, C, H, W) and the top ``components`` principal directions (k, C*H*W, orthonormal rows) of the
+    training images ``train`` (model range): the best linear decoder with a latent of that size (Eckart-Young)."""
+    flat = train.reshape(train.shape[0], -1).double()
+    mean = flat.mean(0, keepdim=True)
+    _, _, vt = torch.linalg.svd(flat - mean, full_matrices=False)
+    k = min(components, vt.shape[0])
+    return mean.to(train.dtype).view(1, *train.shape[1:]), vt[:k].to(train.dtype)
+
+
+def pca_reconstruct(mean: Tensor, basis: Tensor, observed: Tensor, mask: Tensor | None) -> Tensor:
+    """The linear analogue of eq. 21: the code c minimising ||M (mean + c V - y)||^2 over the observed pixels
+    (all pixels when ``mask`` is None), decoded as mean + c V; a tiny ridge keeps windows without data solvable."""
+    b = observed.shape[0]
+    resid = (observed - mean).reshape(b, -1).double()
+    v = basis.double()
+    m = torch.ones_like(resid) if mask is None else mask.expand_as(observed).reshape(b, -1).double()
+    gram = torch.einsum("kd,bd,jd->bkj", v, m, v)
+    gram = gram + 1e-6 * torch.eye(v.shape[0], dtype=gram.dtype, device=gram.device)
+    code = torch.linalg.solve(gram, torch.einsum("kd,bd->bk", v, m * resid))
+    return (mean.reshape(1, -1).double() + code @ v).to(observed.dtype).view_as(observed)
+
+
 def decode(model: nn.Module, latents: Tensor, solver: Any) -> Tensor:
     """Images of sampled latents: the explicit decoder, or a forward solve of the MDEQ generator / decoder."""
     with torch.no_grad():

@@ -100,9 +100,11 @@ class EncoderSolve:
 
 @dataclass(frozen=True)
 class TrivialAnswer:
-    """A Table 4 reference row that uses no model: the observation itself, or the mean training image."""
+    """A Table 4 reference row that uses no trained network: the observation itself, the mean training image, or
+    the PCA basis of the training images with the generator's latent size, fitted to the observed pixels."""
 
-    kind: Literal["corrupted_input", "mean_image"]
+    kind: Literal["corrupted_input", "mean_image", "pca_projection"]
+    components: int = 0  # pca_projection: principal directions kept (the generator's latent_dim)
 
 
 Method = JIIOSolve | AdamSolve | EncoderSolve | TrivialAnswer
@@ -294,10 +296,11 @@ class GenerativeSettings:
 
     def cell(self, row: str, model: str | None, method: str, problem: str, sampling: str) -> CellJob:
         """A table cell: ``method`` is ``jiio`` (test iterations), ``adam``, ``encoder`` or (no model) a trivial
-        answer, ``corrupted_input`` or ``mean_image``."""
+        answer, ``corrupted_input``, ``mean_image`` or ``pca_projection``."""
         e, prob = self.params.eval, self.problem(problem)
         if model is None:
-            return CellJob(row, None, prob, TrivialAnswer(method), "none", None, e.batch_size, e.limit,  # type: ignore[arg-type]
+            answer = TrivialAnswer(method, self.params.generator.latent_dim if method == "pca_projection" else 0)  # type: ignore[arg-type]
+            return CellJob(row, None, prob, answer, "none", None, e.batch_size, e.limit,
                            e.reference_psnr_batch, e.corruption_seed if prob.kind != "none" else None, None,
                            self.info.device)
         if method == "jiio":

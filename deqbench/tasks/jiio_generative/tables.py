@@ -34,7 +34,7 @@ class Row:
     key: str
     label: str
     model: str | None  # None: a reference row that uses no model
-    method: Literal["jiio", "adam", "encoder", "corrupted_input", "mean_image"]
+    method: Literal["jiio", "adam", "encoder", "corrupted_input", "mean_image", "pca_projection"]
     supervised: bool = False  # trained on the cell's inverse problem (else on plain reconstruction)
     sampling: Literal["prior", "density", "none"] = "none"
 
@@ -64,6 +64,10 @@ TABLE4_ROWS = (
     # training image whatever the observation.
     Row("ref_corrupted_input", "corrupted input (no model)", None, "corrupted_input"),
     Row("ref_mean_image", "mean training image (no model)", None, "mean_image"),
+    # The best linear decoder with the generator's latent size (PCA of the training images), its code fitted to the
+    # observed pixels by least squares: what a latent of that size allows on this data with no training run.
+    Row("ref_pca", "PCA of the training images, latent-size basis, least squares (no network)", None,
+        "pca_projection"),
 )
 ROWS = {"table1": TABLE1_ROWS, "table4": TABLE4_ROWS}
 DENSITY_MODELS = tuple(sorted({r.model for r in TABLE1_ROWS if r.sampling == "density"}))
@@ -272,8 +276,9 @@ TABLE4 = TableSpec(
     "convention); `psnr_reference_convention` is the reference code's (MSE per batch in [-1, 1] units, median over "
     "batches, about 6 dB lower), the convention of the paper's numbers; `median_psnr_01_composite` (inpainting only) "
     "keeps the observed pixels and takes only the window from the model, the usual convention, where the paper scores "
-    "the model's whole output. Rows of task `reference` use no model: every model should beat them; profile "
-    "`{profile}`.",
+    "the model's whole output. Rows of task `reference` use no network: every model should beat the corrupted input "
+    "and the mean image; the PCA row is the best linear decoder with the generator's latent size, fitted in closed "
+    "form, its code solved by least squares on the observed pixels; profile `{profile}`.",
     (Column("task"), Column("model"), Column("problem"), Column("median_psnr_01", "median PSNR [0,1]", "dB"),
      Column("median_psnr_01_composite", "median PSNR [0,1], observed pixels kept", "dB"),
      Column("psnr_reference_convention", "PSNR, reference convention", "dB"),

@@ -35,7 +35,7 @@ from deqbench.experiments.trainer import EpochBatches, LoopSettings, StepOutput,
 from deqbench.metrics import compute_fid, median_psnr, reference_batch_psnr, sliced_wasserstein
 from deqbench.metrics.density import PosthocDensity
 from deqbench.tasks.jiio_generative.methods import (
-    TRAINING_STEPS, build_model, decode, jiio_reconstruct, reconstruct, to_model_range,
+    TRAINING_STEPS, build_model, decode, jiio_reconstruct, pca_basis, pca_reconstruct, reconstruct, to_model_range,
 )
 from deqbench.tasks.jiio_generative.settings import (MODELS, Architecture, CellJob, DensityJob, PrepareJob, TrainJob,
                                                      TrivialAnswer)
@@ -181,12 +181,16 @@ def evaluate_cell(job: CellJob, checkpoint: str | None, density_path: str | None
                   device: torch.device, progress: bool) -> dict[str, Any]:
     """PSNR (both conventions) of the row's method on the cell's problem over the test images (for inpainting also
     of the composite that keeps the observed pixels); for rows that sample (Table 1), also FID of reconstructions and
-    of generated images.  Trivial-answer rows (no model) return the observation or the mean training image."""
+    of generated images.  Trivial-answer rows (no network) return the observation, the mean training image or the
+    PCA decoder's least-squares fit to the observed pixels."""
     trivial = job.method if isinstance(job.method, TrivialAnswer) else None
     if trivial is not None:
         model = None
         state = {"name": trivial.kind, "summary": {"key": "no model", "seed": None}, "settings_hash": None}
-        mean_image = to_model_range(data["train"], device).mean(0, keepdim=True)
+        train_images = to_model_range(data["train"], device)
+        mean_image = train_images.mean(0, keepdim=True)
+        if trivial.kind == "pca_projection":
+            pca_mean, pca_directions = pca_basis(train_images, trivial.components)
     else:
         if checkpoint is None:
             raise ConfigError(f"row {job.row} needs --checkpoint")
@@ -202,7 +206,10 @@ def evaluate_cell(job: CellJob, checkpoint: str | None, density_path: str | None
         if trivial is None:
             pred = reconstruct(job.method, model, observed, mask if problem.kind == "inpaint" else None)
         else:
-            pred = observed if trivial.kind == "corrupted_input" else mean_image.expand_as(clean)
+            if trivial.kind == "pca_projection":
+                pred = pca_reconstruct(pca_mean, pca_directions, observed, mask if problem.kind == "inpaint" else None)
+            else:
+                pred = observed if trivial.kind == "corrupted_input" else mean_image.expand_as(clean)
         preds.append(pred.cpu())
         if sum(len(t) for t in shown) < EXAMPLES:  # only the first few observations go in the grid
             shown.append(observed[:EXAMPLES].cpu())
